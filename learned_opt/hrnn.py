@@ -1,0 +1,528 @@
+"""The hierarchical RNN optimizer step as a pure function (seed paper 1 §3, seed paper 2 fixes).
+
+One core, two users: `LearnedOptimizer` (the Keras shell) keeps `State` in optimizer variables
+and calls `step` once per training step over all variables; the meta-trainer carries `State`
+as tensors through an unroll and differentiates through `step`. Nothing here assigns to a
+variable, so `step` runs eagerly, under `tf.function`, under XLA and under a `GradientTape`.
+
+Layout. All parameter tensors are flattened and concatenated into one vector of N elements
+(`Layout`), so the Parameter GRU runs once over [N, ...] rows and per-tensor quantities are
+segment reductions over it; the Tensor GRUs run as one batch of T rows. The op count of a step
+is therefore independent of the number of variables in the model.
+
+Meta-parameters are a flat dict {name: tensor} (`init_meta_params` gives the reference
+initialisation as numpy arrays; `MetaParams` holds them as `tf.Variable`s for meta-training).
+
+Departures from the original code (hrnn_reference.md), each deliberate:
+* The Global GRU is fed the mean over *all* Tensor GRU states (paper §3.1); the original fed
+  only the last tensor's state, a bug.
+* The momentum and RMS decays are recomputed each step from the stored Parameter GRU state
+  instead of being stored: the same function of the same state, 2 floats per parameter less.
+  As in the original, they are 0 on the first step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, NamedTuple, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from learned_opt.config import HRNNConfig
+
+MetaParamsDict = Mapping[str, tf.Tensor]
+
+_MS_EPS = 1e-12      # added to a^2 in the RMS accumulator (reference).
+_EPS = 1e-16         # inside sqrt / log of RMS features and direction normalisation (reference).
+
+
+# --------------------------------------------------------------------------------------------
+# Layout of the flattened parameter vector.
+# --------------------------------------------------------------------------------------------
+
+class Layout:
+  """Static description of how a list of parameter tensors is packed into one vector."""
+
+  def __init__(self, shapes: Sequence[Sequence[int]]):
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    if not shapes:
+      raise ValueError("Layout needs at least one parameter tensor")
+    for i, s in enumerate(shapes):
+      if any(d is None or d < 0 for d in s):
+        raise ValueError(f"parameter tensor {i} has an undefined shape {s}")
+    self.shapes = shapes
+    self.sizes = [int(np.prod(s)) for s in shapes]
+    if any(n == 0 for n in self.sizes):
+      empty = [i for i, n in enumerate(self.sizes) if n == 0]
+      raise ValueError(f"parameter tensors {empty} have no elements (shapes "
+                       f"{[shapes[i] for i in empty]})")
+    self.num_tensors = len(shapes)
+    self.total = int(sum(self.sizes))
+
+  def segment_ids(self) -> tf.Tensor:
+    """int32 [N]: the tensor index of every element."""
+    return tf.repeat(tf.range(self.num_tensors, dtype=tf.int32), self.sizes)
+
+  def flatten(self, tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+    return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], axis=0)
+
+  def unflatten(self, flat: tf.Tensor) -> list[tf.Tensor]:
+    parts = tf.split(flat, self.sizes, axis=0) if self.num_tensors > 1 else [flat]
+    return [tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
+
+  def __eq__(self, other):
+    return isinstance(other, Layout) and self.shapes == other.shapes
+
+  def __repr__(self):
+    return f"Layout(num_tensors={self.num_tensors}, total={self.total})"
+
+
+class _Segments:
+  """Per-tensor reductions and broadcasts over the flat vector."""
+
+  def __init__(self, layout: Layout):
+    self.layout = layout
+    self.ids = layout.segment_ids()
+    self.counts = tf.constant(np.asarray(layout.sizes, np.float32)[:, None])  # [T, 1]
+
+  def mean(self, x: tf.Tensor) -> tf.Tensor:
+    """[N, k] -> [T, k] mean over each tensor's rows."""
+    if self.layout.num_tensors == 1:
+      return tf.reduce_mean(x, axis=0, keepdims=True)
+    return tf.math.unsorted_segment_sum(x, self.ids, self.layout.num_tensors) / self.counts
+
+  def broadcast(self, x: tf.Tensor) -> tf.Tensor:
+    """[T, k] -> [N, k]: each tensor's row repeated over its elements."""
+    if self.layout.num_tensors == 1:
+      return tf.broadcast_to(x, [self.layout.total, x.shape[-1]])
+    return tf.gather(x, self.ids)
+
+
+# --------------------------------------------------------------------------------------------
+# Meta-parameters.
+# --------------------------------------------------------------------------------------------
+
+def _gru_shapes(prefix: str, input_size: int, units: int) -> dict[str, tuple[int, ...]]:
+  return {
+      f"{prefix}/gates/kernel_x": (input_size, 2 * units),
+      f"{prefix}/gates/kernel_h": (units, 2 * units),
+      f"{prefix}/gates/bias": (2 * units,),
+      f"{prefix}/candidate/kernel_x": (input_size, units),
+      f"{prefix}/candidate/kernel_h": (units, units),
+      f"{prefix}/candidate/bias": (units,),
+  }
+
+
+def meta_param_shapes(config: HRNNConfig) -> dict[str, tuple[int, ...]]:
+  """Names and shapes of every meta-parameter for `config` (sorted by name)."""
+  kp, kt, kg, s = config.param_units, config.tensor_units, config.global_units, \
+      config.num_timescales
+  shapes: dict[str, tuple[int, ...]] = {}
+  shapes.update(_gru_shapes("param_rnn", config.input_size, kp))
+  shapes.update(_gru_shapes("tensor_rnn", kp + config.input_size, kt))
+  shapes.update(_gru_shapes("global_rnn", kt, kg))
+  shapes.update({
+      # Biases injected into the Parameter GRU from the Tensor and Global GRUs (paper Fig. 1).
+      "param_bias_from_tensor/kernel": (kt, 3 * kp),
+      "param_bias_from_tensor/bias": (3 * kp,),
+      "param_bias_from_global/kernel": (kg, 3 * kp),
+      "param_bias_from_global/bias": (3 * kp,),
+      # Bias injected into the Tensor GRU from the Global GRU.
+      "tensor_bias_from_global/kernel": (kg, 3 * kt),
+      "tensor_bias_from_global/bias": (3 * kt,),
+      # Readouts from the Parameter GRU state (eq. 13).
+      "readout/direction": (kp, 1),
+      "readout/log_lr_delta/kernel": (kp, 1),
+      "readout/log_lr_delta/bias": (1,),
+      "log_lr_momentum_logit": (),   # gamma of eq. 8, through a sigmoid.
+      "log_step_offset": (),         # learned offset of the used log step length.
+      # Learnable initial hidden states.
+      "init/param_hidden": (kp,),
+      "init/tensor_hidden": (kt,),
+      "init/global_hidden": (kg,),
+  })
+  if config.learned_decays:
+    shapes.update({
+        "readout/momentum_decay/kernel": (kp, 1),
+        "readout/momentum_decay/bias": (1,),
+        "readout/rms_decay/kernel": (kp, 1),
+        "readout/rms_decay/bias": (1,),
+    })
+  if config.use_gradient_shortcut:
+    shapes["readout/shortcut"] = (s, 1)
+  if config.use_attention:
+    shapes["readout/attention"] = (kp, 1)
+    shapes["readout/attention_shortcut"] = (s, 1)
+  if config.nominal_term:
+    shapes["nominal/log_step"] = ()
+    shapes["nominal/head/kernel"] = (kt, 1)   # per-tensor controller of the nominal magnitude.
+    shapes["nominal/head/bias"] = (1,)
+  if config.blackbox_gain:
+    shapes["blackbox/gain"] = ()
+  return dict(sorted(shapes.items()))
+
+
+def init_meta_params(config: HRNNConfig, seed: int = 0) -> dict[str, np.ndarray]:
+  """Reference initialisation (hrnn_reference.md §1.4-1.5) as float32 numpy arrays."""
+  rng = np.random.default_rng(seed)
+  shapes = meta_param_shapes(config)
+  values: dict[str, np.ndarray] = {}
+
+  def normal(shape, std, mean=0.0):
+    return (mean + std * rng.standard_normal(shape)).astype(np.float32)
+
+  for name, shape in shapes.items():
+    rnn = name.split("/")[0]
+    if rnn.endswith("_rnn"):
+      units = shapes[f"{rnn}/candidate/bias"][0]
+      fan_in = shapes[f"{rnn}/candidate/kernel_x"][0] + units
+      if name.endswith("gates/bias"):
+        values[name] = np.full(shape, config.gate_bias_init, np.float32)
+      elif name.endswith("candidate/bias"):
+        values[name] = np.zeros(shape, np.float32)
+      else:
+        values[name] = normal(shape, config.weight_scale / math.sqrt(fan_in))
+    elif name.endswith("_from_tensor/kernel") or name.endswith("_from_global/kernel"):
+      values[name] = normal(shape, config.weight_scale / math.sqrt(shape[0]))
+    elif name.endswith("/bias") and ("_from_" in name or "log_lr_delta" in name
+                                     or name.startswith("nominal/head")):
+      values[name] = np.zeros(shape, np.float32)
+    elif name in ("readout/direction", "readout/attention", "readout/momentum_decay/kernel",
+                  "readout/rms_decay/kernel"):
+      values[name] = normal(shape, config.readout_scale / math.sqrt(config.param_units))
+    elif name in ("readout/log_lr_delta/kernel", "nominal/head/kernel"):
+      values[name] = np.zeros(shape, np.float32)
+    elif name in ("readout/shortcut", "readout/attention_shortcut"):
+      s = config.num_timescales
+      values[name] = normal(shape, config.shortcut_std / math.sqrt(s), mean=1.0 / s)
+    elif name == "readout/momentum_decay/bias":
+      values[name] = np.full(shape, config.momentum_decay_bias_init, np.float32)
+    elif name == "readout/rms_decay/bias":
+      values[name] = np.full(shape, config.rms_decay_bias_init, np.float32)
+    elif name == "log_lr_momentum_logit":
+      values[name] = np.float32(config.log_lr_momentum_logit_init)
+    elif name == "log_step_offset":
+      values[name] = np.float32(config.log_step_offset_init)
+    elif name.startswith("init/"):
+      values[name] = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+    elif name == "nominal/log_step":
+      values[name] = np.float32(math.log(config.nominal_step))
+    elif name == "blackbox/gain":
+      values[name] = np.float32(config.blackbox_gain_init)
+    else:  # pragma: no cover - every name above is handled
+      raise AssertionError(f"no initialiser for meta-parameter {name}")
+    values[name] = np.asarray(values[name], np.float32).reshape(shape)
+  return values
+
+
+class MetaParams(tf.Module):
+  """The meta-parameters as `tf.Variable`s (what meta-training optimises)."""
+
+  def __init__(self, config: HRNNConfig, values: Mapping[str, np.ndarray] | None = None,
+               seed: int = 0, name: str = "hrnn_meta_params"):
+    super().__init__(name=name)
+    self.config = config
+    values = dict(values) if values is not None else init_meta_params(config, seed)
+    expected = meta_param_shapes(config)
+    check_meta_values(values, config, source="MetaParams values")
+    with self.name_scope:
+      self.variables_by_name = {
+          k: tf.Variable(np.asarray(values[k], np.float32), name=k.replace("/", "__"))
+          for k in expected
+      }
+
+  def as_dict(self) -> dict[str, tf.Tensor]:
+    return dict(self.variables_by_name)
+
+  def numpy(self) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in self.variables_by_name.items()}
+
+
+def check_meta_values(values: Mapping[str, np.ndarray], config: HRNNConfig, source: str):
+  """Raises ValueError naming `source` if values do not match `config`'s meta-parameters."""
+  expected = meta_param_shapes(config)
+  missing = sorted(set(expected) - set(values))
+  extra = sorted(set(values) - set(expected))
+  if missing or extra:
+    raise ValueError(f"{source}: meta-parameters do not match the config "
+                     f"(missing {missing}, unexpected {extra})")
+  for k, shape in expected.items():
+    got = tuple(np.shape(values[k]))
+    if got != tuple(shape):
+      raise ValueError(f"{source}: meta-parameter {k!r} has shape {got}, the config "
+                       f"needs {tuple(shape)}")
+    if not np.all(np.isfinite(values[k])):
+      raise ValueError(f"{source}: meta-parameter {k!r} has non-finite values")
+
+
+# --------------------------------------------------------------------------------------------
+# State.
+# --------------------------------------------------------------------------------------------
+
+class State(NamedTuple):
+  """Optimizer state for N parameters in T tensors (packed, see `Layout`).
+
+  Per parameter: param_hidden [N, K_P], momentum [N, S], mean_square [N, S], log_lr [N]
+  (= K_P + 2S + 1 = 19 floats with the paper config), plus nominal_rms [N] with the nominal
+  term and attention_offset [N] (phi - theta) with attention; those are [0] when off.
+  Per tensor: tensor_hidden [T, K_T]. Global: global_hidden [1, K_G], step (int32 scalar).
+  """
+  param_hidden: tf.Tensor
+  momentum: tf.Tensor
+  mean_square: tf.Tensor
+  log_lr: tf.Tensor
+  nominal_rms: tf.Tensor
+  attention_offset: tf.Tensor
+  tensor_hidden: tf.Tensor
+  global_hidden: tf.Tensor
+  step: tf.Tensor
+
+
+def state_floats_per_parameter(config: HRNNConfig) -> int:
+  """Floats of optimizer state kept per parameter (the README quotes this)."""
+  return (config.param_units + 2 * config.num_timescales + 1
+          + int(config.nominal_term) + int(config.use_attention))
+
+
+def init_state(meta: MetaParamsDict, layout: Layout, config: HRNNConfig,
+               log_lr: tf.Tensor | float) -> State:
+  """Fresh state. `log_lr` is a scalar or an [N] tensor of initial log step lengths."""
+  n, t = layout.total, layout.num_tensors
+  s = config.num_timescales
+  log_lr = tf.cast(log_lr, tf.float32)
+  log_lr = tf.broadcast_to(log_lr, [n]) if log_lr.shape.rank == 0 else tf.reshape(log_lr, [n])
+  zeros_n = tf.zeros([n], tf.float32)
+  return State(
+      param_hidden=tf.tile(tf.reshape(tf.cast(meta["init/param_hidden"], tf.float32),
+                                      [1, -1]), [n, 1]),
+      momentum=tf.zeros([n, s], tf.float32),
+      mean_square=tf.zeros([n, s], tf.float32),
+      log_lr=log_lr,
+      nominal_rms=zeros_n if config.nominal_term else tf.zeros([0], tf.float32),
+      attention_offset=zeros_n if config.use_attention else tf.zeros([0], tf.float32),
+      tensor_hidden=tf.tile(tf.reshape(tf.cast(meta["init/tensor_hidden"], tf.float32),
+                                       [1, -1]), [t, 1]),
+      global_hidden=tf.reshape(tf.cast(meta["init/global_hidden"], tf.float32), [1, -1]),
+      step=tf.constant(0, tf.int32),
+  )
+
+
+def sample_initial_log_lr(layout: Layout, seed, lr_range=(1e-6, 1e-2),
+                          max_log_lr: float = 33.0) -> tf.Tensor:
+  """Random initial log step lengths as in the original code (hrnn_reference.md §1.6).
+
+  Per tensor: a uniform offset in [log lo / 2, log hi / 2] plus per-element uniform values in
+  the same range, clipped; pooled over tensors the marginal is triangular on [log lo, log hi].
+  `seed` is an int32 [2] tensor for stateless sampling.
+  """
+  lo, hi = math.log(lr_range[0]) / 2.0, math.log(lr_range[1]) / 2.0
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 2)
+  per_tensor = tf.random.stateless_uniform([layout.num_tensors, 1], seeds[0], lo, hi)
+  per_element = tf.random.stateless_uniform([layout.total], seeds[1], lo, hi)
+  log_lr = per_element + tf.reshape(_Segments(layout).broadcast(per_tensor), [-1])
+  return tf.clip_by_value(log_lr, -max_log_lr, max_log_lr)
+
+
+# --------------------------------------------------------------------------------------------
+# The step.
+# --------------------------------------------------------------------------------------------
+
+def _bias_gru(meta: MetaParamsDict, prefix: str, x: tf.Tensor, h: tf.Tensor,
+              injected_bias: tf.Tensor | None) -> tf.Tensor:
+  """GRU with an externally injected bias (hrnn_reference.md §1.4).
+
+  injected_bias is [rows or 1, 3*units] split into (reset, update, candidate) parts. The update
+  gate u multiplies the *old* state: h' = u * h + (1 - u) * c.
+  """
+  units = h.shape[-1]
+  gates = (tf.matmul(x, meta[f"{prefix}/gates/kernel_x"])
+           + tf.matmul(h, meta[f"{prefix}/gates/kernel_h"]) + meta[f"{prefix}/gates/bias"])
+  cand_bias = meta[f"{prefix}/candidate/bias"]
+  if injected_bias is not None:
+    gates = gates + injected_bias[:, :2 * units]
+    cand_bias = cand_bias + injected_bias[:, 2 * units:]
+  reset, update = tf.split(tf.sigmoid(gates), 2, axis=-1)
+  candidate = tf.tanh(tf.matmul(x, meta[f"{prefix}/candidate/kernel_x"])
+                      + tf.matmul(reset * h, meta[f"{prefix}/candidate/kernel_h"]) + cand_bias)
+  return update * h + (1.0 - update) * candidate
+
+
+def _affine(meta: MetaParamsDict, prefix: str, x: tf.Tensor) -> tf.Tensor:
+  return tf.matmul(x, meta[f"{prefix}/kernel"]) + meta[f"{prefix}/bias"]
+
+
+def _clip_forward(x: tf.Tensor, limit: float) -> tf.Tensor:
+  """Clips in the forward pass only; the gradient passes straight through (reference)."""
+  return x + tf.stop_gradient(tf.clip_by_value(x, -limit, limit) - x)
+
+
+def _decays(meta: MetaParamsDict, config: HRNNConfig, hidden: tf.Tensor,
+            first_step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Momentum decays [N, S] (beta^(2^-s), eq. 1) and the RMS decay [N, 1].
+
+  Read out of the previous Parameter GRU state (or fixed at their initial values when
+  learned_decays is off: seed paper 2's fixed-form EMAs); 0 on the first step.
+  """
+  s = config.num_timescales
+  if config.learned_decays:
+    momentum_logit = _affine(meta, "readout/momentum_decay", hidden)   # [N, 1]
+    rms_logit = _affine(meta, "readout/rms_decay", hidden)
+  else:
+    momentum_logit = tf.constant([[config.momentum_decay_bias_init]], tf.float32)
+    rms_logit = tf.constant([[config.rms_decay_bias_init]], tf.float32)
+  # beta^(2^-s) = exp(2^-s log sigmoid(z)): no pow at 0, so gradients stay finite.
+  powers = tf.constant([[2.0 ** -i for i in range(s)]], tf.float32)
+  not_first = 1.0 - tf.cast(first_step, tf.float32)
+  momentum_decay = tf.exp(tf.math.log_sigmoid(momentum_logit) * powers) * not_first
+  rms_decay = tf.sigmoid(rms_logit) * not_first
+  return momentum_decay, rms_decay
+
+
+class StepOutput(NamedTuple):
+  updates: list[tf.Tensor]   # to be subtracted from the parameters, one per tensor.
+  state: State
+
+
+def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
+         config: HRNNConfig, layout: Layout | None = None) -> StepOutput:
+  """One optimizer step over all parameter tensors: (meta, state, grads) -> (updates, state).
+
+  The caller applies `params[i] -= updates[i]`. A `None` gradient leaves that tensor and its
+  state untouched (its old state still enters the problem-wide means).
+  """
+  if layout is None:
+    layout = Layout([g.shape for g in grads])
+  if len(grads) != layout.num_tensors:
+    raise ValueError(f"got {len(grads)} gradients for a layout of {layout.num_tensors} tensors")
+  present = [g is not None for g in grads]
+  grads = [tf.zeros(s, tf.float32) if g is None else g for g, s in zip(grads, layout.shapes)]
+  for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
+    if tuple(g.shape) != shape:
+      raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, expected {shape}")
+  meta = {k: tf.cast(v, tf.float32) for k, v in meta.items()}
+  seg = _Segments(layout)
+  s = config.num_timescales
+  g = layout.flatten(grads)[:, None]                                  # [N, 1]
+  first_step = tf.equal(state.step, 0)
+
+  # Multi-timescale momentum (eq. 1) and RMS of the averaged gradients (eq. 2).
+  momentum_decay, rms_decay = _decays(meta, config, state.param_hidden, first_step)
+  momentum = momentum_decay * state.momentum + (1.0 - momentum_decay) * g           # [N, S]
+  mean_square = rms_decay * state.mean_square + (1.0 - rms_decay) * (
+      tf.square(momentum) + _MS_EPS)
+
+  # Input features (§3.2.2-3.2.4): asinh-squashed scaled momenta (eq. 3), their products,
+  # relative log magnitudes (eq. 4), relative log step length.
+  scaled = tf.asinh(momentum * tf.math.rsqrt(mean_square + _EPS))                  # [N, S]
+  features = [scaled]
+  if config.use_grad_products:
+    features.append(scaled[:, :-1] * scaled[:, 1:])
+  if config.use_log_magnitudes:
+    log_ms = tf.math.log(mean_square + _EPS)
+    features.append(log_ms - tf.reduce_mean(log_ms, axis=1, keepdims=True))
+  if config.use_relative_lr:
+    features.append((state.log_lr - tf.reduce_mean(state.log_lr))[:, None])
+  x = tf.concat(features, axis=1)                                                   # [N, F]
+
+  # Parameter GRU with biases from the previous Tensor and Global states (eq. 10).
+  param_bias = (seg.broadcast(_affine(meta, "param_bias_from_tensor", state.tensor_hidden))
+                + _affine(meta, "param_bias_from_global", state.global_hidden))
+  param_hidden = _bias_gru(meta, "param_rnn", x, state.param_hidden, param_bias)   # [N, K_P]
+
+  # Tensor GRU on the per-tensor mean of [new parameter state, inputs] (eq. 11).
+  tensor_input = tf.concat([seg.mean(param_hidden), seg.mean(x)], axis=1)           # [T, ...]
+  tensor_bias = _affine(meta, "tensor_bias_from_global", state.global_hidden)
+  tensor_hidden = _bias_gru(meta, "tensor_rnn", tensor_input, state.tensor_hidden, tensor_bias)
+
+  # Global GRU on the mean over all tensors (eq. 12; the original used the last tensor only).
+  global_input = tf.reduce_mean(tensor_hidden, axis=0, keepdims=True)
+  global_hidden = _bias_gru(meta, "global_rnn", global_input, state.global_hidden, None)
+
+  # Direction: readout + gradient shortcut (A.1), unit RMS per tensor (eq. 5).
+  def unit_rms_direction(readout_name, shortcut_name, precondition):
+    direction = tf.matmul(param_hidden, meta[readout_name])
+    if config.use_gradient_shortcut:
+      direction += tf.matmul(scaled, meta[shortcut_name])
+    if precondition is not None:
+      direction *= precondition
+    return direction * tf.math.rsqrt(seg.broadcast(seg.mean(tf.square(direction))) + _EPS)
+
+  # Nominal term state (seed paper 2): RMS of the raw gradient, fixed-form EMA.
+  nominal_rms = state.nominal_rms
+  precondition = None
+  if config.nominal_term or config.precondition_output:
+    raw_decay = config.nominal_rms_decay * (1.0 - tf.cast(first_step, tf.float32))
+    prev = state.nominal_rms[:, None] if config.nominal_term else tf.zeros_like(g)
+    raw_ms = raw_decay * prev + (1.0 - raw_decay) * tf.square(g)                   # [N, 1]
+    if config.nominal_term:
+      nominal_rms = raw_ms[:, 0]
+    if config.precondition_output:
+      # Output preconditioning by 1/sqrt(v), before the per-tensor normalisation so that the
+      # update stays invariant to the gradient scale (departure from STAR, which has no
+      # direction normalisation to fold it into).
+      source = raw_ms if config.nominal_term else mean_square[:, :1]
+      precondition = tf.math.rsqrt(source + _EPS)
+  direction = unit_rms_direction("readout/direction", "readout/shortcut", precondition)
+
+  # Step length (eq. 7-8): log step relative to a running average with learned momentum.
+  delta_log_lr = _affine(meta, "readout/log_lr_delta", param_hidden)[:, 0]
+  step_log_lr = _clip_forward(state.log_lr + delta_log_lr, config.max_log_lr)
+  lr_momentum = tf.sigmoid(meta["log_lr_momentum_logit"])
+  log_lr = lr_momentum * state.log_lr + (1.0 - lr_momentum) * step_log_lr
+  blackbox = (tf.exp(step_log_lr + meta["log_step_offset"])[:, None] * direction)[:, 0]
+  if config.blackbox_gain:
+    blackbox = meta["blackbox/gain"] * blackbox
+  update = blackbox
+
+  if config.nominal_term:
+    # AdamAggMo: mean over timescales of m_s / sqrt(v), with its own learned magnitude
+    # exp(a + head(tensor state)).
+    nominal = tf.reduce_mean(momentum, axis=1) * tf.math.rsqrt(nominal_rms + _EPS)
+    log_magnitude = meta["nominal/log_step"] + seg.broadcast(
+        _affine(meta, "nominal/head", tensor_hidden))[:, 0]
+    update = update + tf.exp(log_magnitude) * nominal
+
+  attention_offset = state.attention_offset
+  if config.use_attention:
+    # Gradients were taken at phi = theta + offset. theta_new = theta - update, and the next
+    # attended point is phi_new = theta - lr_att * d_att (eq. 6, 9: an offset from the old
+    # theta, step length without the learned offset). The variable holds phi.
+    attention = unit_rms_direction("readout/attention", "readout/attention_shortcut", None)
+    attention_step = (tf.exp(step_log_lr)[:, None] * attention)[:, 0]
+    variable_update = state.attention_offset + attention_step   # phi - phi_new
+    attention_offset = update - attention_step                  # phi_new - theta_new
+    update = variable_update
+
+  new_state = State(
+      param_hidden=param_hidden, momentum=momentum, mean_square=mean_square, log_lr=log_lr,
+      nominal_rms=nominal_rms, attention_offset=attention_offset, tensor_hidden=tensor_hidden,
+      global_hidden=global_hidden, step=state.step + 1)
+  updates = layout.unflatten(update)
+  if not all(present):
+    new_state = _keep_absent(state, new_state, present, layout)
+    updates = [u if p else tf.zeros_like(u) for u, p in zip(updates, present)]
+  return StepOutput(updates, new_state)
+
+
+def _keep_absent(old: State, new: State, present: Sequence[bool], layout: Layout) -> State:
+  """Restores the per-parameter and per-tensor state of tensors that had no gradient."""
+  def rows(new_x, old_x, sizes):
+    if new_x.shape[0] == 0:
+      return new_x
+    new_parts = tf.split(new_x, sizes, axis=0)
+    old_parts = tf.split(old_x, sizes, axis=0)
+    return tf.concat([n if p else o for n, o, p in zip(new_parts, old_parts, present)], axis=0)
+
+  per_param = {f: rows(getattr(new, f), getattr(old, f), layout.sizes)
+               for f in ("param_hidden", "momentum", "mean_square", "log_lr", "nominal_rms",
+                         "attention_offset")}
+  tensor_hidden = rows(new.tensor_hidden, old.tensor_hidden, [1] * layout.num_tensors)
+  return new._replace(tensor_hidden=tensor_hidden, **per_param)
+
+
+def true_params(params: Sequence[tf.Tensor], state: State, layout: Layout) -> list[tf.Tensor]:
+  """theta from the variables' values phi (they differ only with attention)."""
+  if state.attention_offset.shape[0] == 0:
+    return list(params)
+  return [p - o for p, o in zip(params, layout.unflatten(state.attention_offset))]

@@ -1,0 +1,235 @@
+"""`LearnedOptimizer`: the Keras 3 shell around the hierarchical RNN step (hrnn.step).
+
+The shell owns variables, the math is hrnn.step. In `build` every leaf of hrnn.State becomes
+an optimizer variable (packed over all model variables: one row per parameter), and the
+meta-parameters become non-trainable optimizer variables too, so `model.save` and
+`tf.train.Checkpoint` capture everything needed to continue identically. Each training step
+Keras hands over the whole gradient list (after clipping, weight decay and gradient
+accumulation) in `_backend_update_step`; we all-reduce like the TF backend does, then run ONE
+joint hrnn.step over all variables (the Global GRU couples them) inside
+`strategy.extended.update`, so under MirroredStrategy each replica updates its own copies
+with identical inputs.
+
+`_backend_update_step` is a private Keras hook; tests/test_optimizer.py fails if Keras moves it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src import backend as keras_backend
+
+from learned_opt import config as config_lib
+from learned_opt import hrnn
+from learned_opt import weights as weights_lib
+
+_SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_STATE_PER_PARAM = ("param_hidden", "momentum", "mean_square", "log_lr", "nominal_rms",
+                    "attention_offset")
+
+
+@keras.saving.register_keras_serializable(package="learned_opt")
+class LearnedOptimizer(keras.optimizers.Optimizer):
+  """Hierarchical-RNN learned optimizer (Wichrowska et al. 2017) as a Keras optimizer.
+
+  Example:
+    model.compile(optimizer=learned_opt.LearnedOptimizer(), loss=...)
+
+  Args:
+    learning_rate: the initial step length (the RNN adapts it from there, paper §5.4). The
+      first update of each parameter has length about learning_rate * exp(offset), with the
+      learned offset (-1 untrained). A schedule or a later change of the learning rate (e.g.
+      ReduceLROnPlateau) multiplies every update by lr_now / lr_initial on top of the RNN's
+      own step length.
+    weights: name of a shipped weights file ("default", "paper"; see
+      `learned_opt.weights.shipped()`), a path to a file written by `train_meta.py --export`,
+      or None for the untrained reference initialisation.
+    config: an HRNNConfig, a preset name ("paper", "stable") or dict. With a weights file it
+      must match the file's config (or be None: the file's config is used).
+    seed: seed of the untrained initialisation (weights=None only).
+    **kwargs: Keras' standard optimizer options (clipnorm, clipvalue, global_clipnorm,
+      weight_decay, use_ema, ema_momentum, ema_overwrite_frequency, loss_scale_factor,
+      gradient_accumulation_steps, name).
+
+  Non-finite gradients (or updates) skip the step: parameters and state stay as they were and
+  `skipped_steps` counts it. Sparse gradients (tf.IndexedSlices) are densified: the RNN state
+  of every parameter evolves every step.
+  """
+
+  def __init__(self, learning_rate=1e-3, weights="default", config=None, seed=0,
+               name="learned_optimizer", **kwargs):
+    super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+    requested = None if config is None else config_lib.get(config)
+    if weights is None:
+      self.hrnn_config = requested or config_lib.paper()
+      self._meta_values = hrnn.init_meta_params(self.hrnn_config, seed)
+      self.weights_provenance = {"source": f"untrained reference initialisation, seed {seed}"}
+    else:
+      loaded = weights_lib.load(weights, expected_config=requested)
+      self.hrnn_config = loaded.config
+      self._meta_values = loaded.meta
+      self.weights_provenance = loaded.provenance
+    self._weights_spec = None if weights is None else os.fspath(weights)
+    self._seed = int(seed)
+    # Captured eagerly here: build() usually runs inside the traced train step.
+    self._initial_lr_value = _initial_lr_value(learning_rate)
+
+  # ---- construction -------------------------------------------------------------------------
+
+  def build(self, variables):
+    if self.built:
+      return
+    super().build(variables)
+    for v in variables:
+      if keras_backend.standardize_dtype(v.dtype) not in _SUPPORTED_DTYPES:
+        raise ValueError(f"LearnedOptimizer supports floating-point variables "
+                         f"{_SUPPORTED_DTYPES}; variable {_name_of(v)!r} has dtype {v.dtype}")
+      if any(d is None for d in v.shape):
+        raise ValueError(f"variable {_name_of(v)!r} has an undefined shape {v.shape}")
+    self._layout = hrnn.Layout([tuple(v.shape) for v in variables])
+    cfg = self.hrnn_config
+
+    def const(value, dtype="float32"):
+      value = np.asarray(value)
+      return lambda shape, dtype=dtype: tf.constant(value.reshape(shape), dtype=dtype)
+
+    self._meta_vars = {
+        k: self.add_variable(v.shape, initializer=const(v), dtype="float32",
+                             name="meta__" + k.replace("/", "__"))
+        for k, v in self._meta_values.items()
+    }
+    lr0 = self._initial_lr_value
+    self._initial_lr = self.add_variable((), initializer=const(lr0), dtype="float32",
+                                         name="initial_learning_rate")
+    with tf.init_scope():  # build() may run inside a traced function; these are constants.
+      meta = {k: tf.constant(v) for k, v in self._meta_values.items()}
+      initial = {f: v.numpy() for f, v in
+                 hrnn.init_state(meta, self._layout, cfg, math.log(lr0))._asdict().items()}
+    self._state_vars = {}
+    for field, value in initial.items():
+      if value.ndim and value.shape[0] == 0:
+        continue   # disabled feature (nominal_rms / attention_offset)
+      dtype = "int32" if field == "step" else "float32"
+      self._state_vars[field] = self.add_variable(
+          tuple(value.shape), initializer=const(value, dtype), dtype=dtype,
+          name=f"hrnn__{field}")
+    self._skipped = self.add_variable((), initializer="zeros", dtype="int64",
+                                      name="skipped_steps")
+
+  # ---- public read-outs ---------------------------------------------------------------------
+
+  @property
+  def skipped_steps(self) -> int:
+    """Number of steps skipped because of non-finite gradients or updates."""
+    return 0 if not self.built else int(self._skipped.numpy())
+
+  def state(self) -> hrnn.State:
+    """The current hrnn.State (tensors), e.g. for inspection or parity tests."""
+    values = {f: tf.convert_to_tensor(v.value) for f, v in self._state_vars.items()}
+    empty = tf.zeros([0], tf.float32)
+    return hrnn.State(**{f: values.get(f, empty) for f in hrnn.State._fields})
+
+  def meta_params(self) -> dict[str, tf.Tensor]:
+    return {k: tf.convert_to_tensor(v.value) for k, v in self._meta_vars.items()}
+
+  @property
+  def state_floats_per_parameter(self) -> int:
+    return hrnn.state_floats_per_parameter(self.hrnn_config)
+
+  # ---- the update ---------------------------------------------------------------------------
+
+  def update_step(self, gradient, variable, learning_rate):
+    raise NotImplementedError(
+        "LearnedOptimizer updates all variables jointly in _backend_update_step")
+
+  def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    trainable_variables = [
+        v.value if isinstance(v, keras_backend.Variable) else v for v in trainable_variables]
+    grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        self._distributed_joint_step, self._distribution_strategy, grads_and_vars,
+        learning_rate)
+
+  def _distributed_joint_step(self, distribution, grads_and_vars, learning_rate):
+    indices = [self._get_variable_index(v) for _, v in grads_and_vars]
+    grads = [g for g, _ in grads_and_vars]
+    anchor = self._state_vars["step"].value
+
+    def joint_step(_, grads, learning_rate):
+      self._joint_step(dict(zip(indices, grads)), learning_rate)
+
+    distribution.extended.update(anchor, joint_step, args=(grads, learning_rate), group=False)
+
+  def _joint_step(self, grads_by_index, learning_rate):
+    layout = self._layout
+    grads = []
+    for i in range(layout.num_tensors):
+      g = grads_by_index.get(i)
+      if g is not None:
+        if isinstance(g, tf.IndexedSlices):
+          g = tf.convert_to_tensor(g)
+        g = tf.cast(g, tf.float32)
+      grads.append(g)
+    old_state = self.state()
+    out = hrnn.step(self.meta_params(), old_state, grads, self.hrnn_config, layout)
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x))
+                            for x in [*(g for g in grads if g is not None), *out.updates]])
+    scale = tf.cast(learning_rate, tf.float32) / tf.convert_to_tensor(self._initial_lr.value)
+    for field, var in self._state_vars.items():
+      self.assign(var, tf.where(finite, getattr(out.state, field), getattr(old_state, field)))
+    for var, update, g in zip(self._trainable_variables, out.updates, grads):
+      if g is None:
+        continue
+      update = tf.where(finite, update * scale, tf.zeros_like(update))
+      self.assign_sub(var, tf.cast(update, var.dtype))
+    self.assign_add(self._skipped, tf.cast(tf.logical_not(finite), tf.int64))
+
+  # ---- serialisation ------------------------------------------------------------------------
+
+  def get_config(self):
+    cfg = super().get_config()
+    if self.built:
+      cfg["learning_rate"] = float(self._initial_lr.numpy()) if not isinstance(
+          self._learning_rate, keras.optimizers.schedules.LearningRateSchedule) else \
+          cfg["learning_rate"]
+    cfg.update({"weights": self._weights_spec, "config": self.hrnn_config.to_dict(),
+                "seed": self._seed})
+    return cfg
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    config = dict(config)
+    spec = config.get("weights")
+    if spec is not None:
+      try:
+        weights_lib.resolve(spec)
+      except FileNotFoundError:
+        # The meta-parameters are optimizer variables, restored with the rest of the model's
+        # state (model.save / load_model); a moved weights file must not break loading.
+        warnings.warn(f"LearnedOptimizer.from_config: weights file {spec!r} not found; "
+                      "starting from the untrained initialisation until variables are restored")
+        config["weights"] = None
+    return super().from_config(config, custom_objects=custom_objects)
+
+
+def _initial_lr_value(learning_rate) -> float:
+  if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+    value = learning_rate(0)
+  elif callable(learning_rate):
+    value = learning_rate()
+  else:
+    value = learning_rate
+  value = float(keras.ops.convert_to_numpy(value))
+  if not (value > 0 and math.isfinite(value)):
+    raise ValueError(f"LearnedOptimizer: learning_rate must be a positive finite number, "
+                     f"got {value}")
+  return value
+
+
+def _name_of(variable) -> str:
+  return getattr(variable, "path", None) or getattr(variable, "name", "?")

@@ -1,0 +1,105 @@
+"""Weights files: meta-parameters + the config that made them + provenance, in one .npz.
+
+Format (version 1): an uncompressed numpy .npz with
+  * "meta/<name>" float32 arrays, one per meta-parameter (see hrnn.meta_param_shapes);
+  * "__format__": "learned_opt.weights/1";
+  * "__config__": the HRNNConfig as JSON;
+  * "__provenance__": JSON (trainer flags, meta-steps, wall time, commit, ... free-form).
+It loads with numpy alone (no pickle, nothing else imported). Shipped files live in
+learned_opt/weights/<name>.npz and are referred to by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from learned_opt import config as config_lib
+from learned_opt import hrnn
+
+FORMAT = "learned_opt.weights/1"
+SHIPPED_DIR = Path(__file__).parent / "weights"
+
+
+class Weights(NamedTuple):
+  meta: dict[str, np.ndarray]
+  config: config_lib.HRNNConfig
+  provenance: dict[str, Any]
+  path: str
+
+
+def shipped() -> list[str]:
+  """Names of the weights files shipped inside the package."""
+  return sorted(p.stem for p in SHIPPED_DIR.glob("*.npz"))
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+  """A shipped name ("default", "paper") or a path -> the file's path (which must exist)."""
+  text = os.fspath(name_or_path)
+  looks_like_path = os.sep in text or text.endswith(".npz") or (os.altsep and os.altsep in text)
+  if not looks_like_path:
+    path = SHIPPED_DIR / f"{text}.npz"
+    if not path.exists():
+      raise FileNotFoundError(
+          f"no shipped weights named {text!r} (looked for {path}); shipped: {shipped()}. "
+          "Pass a path to a weights file written by train_meta.py --export, or weights=None "
+          "for an untrained optimizer.")
+    return path
+  path = Path(text).expanduser()
+  if not path.exists():
+    raise FileNotFoundError(f"weights file {path} does not exist")
+  return path
+
+
+def save(path: str | os.PathLike, meta: Mapping[str, np.ndarray], config: config_lib.HRNNConfig,
+         provenance: Mapping[str, Any] | None = None) -> Path:
+  """Writes a weights file atomically (a failure never leaves a half-written file at path)."""
+  path = Path(path)
+  hrnn.check_meta_values(meta, config, source=f"weights for {path}")
+  arrays = {f"meta/{k}": np.asarray(v, np.float32) for k, v in meta.items()}
+  arrays["__format__"] = np.asarray(FORMAT)
+  arrays["__config__"] = np.asarray(config.to_json())
+  arrays["__provenance__"] = np.asarray(json.dumps(dict(provenance or {}), sort_keys=True,
+                                                   default=str))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def load(name_or_path: str | os.PathLike,
+         expected_config: config_lib.HRNNConfig | None = None) -> Weights:
+  """Reads and validates a weights file; errors name the file and what is wrong with it."""
+  path = resolve(name_or_path)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      contents = {k: data[k] for k in data.files}
+  except Exception as e:  # zip / format errors come in many types
+    raise ValueError(f"weights file {path} is not a readable .npz file: {e}") from e
+  fmt = str(contents.get("__format__", ""))
+  if fmt != FORMAT:
+    raise ValueError(f"weights file {path} has format {fmt or 'missing'!r}, expected {FORMAT!r}")
+  try:
+    config = config_lib.HRNNConfig.from_dict(json.loads(str(contents["__config__"])))
+    provenance = json.loads(str(contents.get("__provenance__", "{}")))
+  except (KeyError, ValueError, TypeError) as e:
+    raise ValueError(f"weights file {path} has an unreadable config: {e}") from e
+  if expected_config is not None and expected_config != config:
+    differences = ", ".join(f"{k}: file has {a!r}, requested {b!r}"
+                            for k, (a, b) in config.diff(expected_config).items())
+    raise ValueError(f"weights file {path} was made for another config ({differences})")
+  meta = {k[len("meta/"):]: v for k, v in contents.items() if k.startswith("meta/")}
+  hrnn.check_meta_values(meta, config, source=f"weights file {path}")
+  return Weights(meta=meta, config=config, provenance=provenance, path=str(path))
