@@ -67,12 +67,35 @@ def numpy_rng(seed: int, stream: int, key: str = "") -> np.random.Generator:
   return np.random.default_rng([int(seed), stream, zlib.crc32(key.encode())])
 
 
+# Pinned, and floats are made from integer draws (see `uniform`), so that XLA
+# and eager execution draw the same numbers for one seed.
+RNG_ALGORITHM = "philox"
+
+
 def step_stream(seed, tag: int) -> tf.Tensor:
   """Independent per-step seed (int32 [2]) for one use: batch, noise, mask, child."""
   if seed is None:
     raise ValueError("a per-step seed (int32 tensor of shape [2]) is required")
   return tf.random.experimental.stateless_fold_in(
-      tf.convert_to_tensor(seed, dtype_hint=tf.int32), tag)
+      tf.convert_to_tensor(seed, dtype_hint=tf.int32), tag, alg=RNG_ALGORITHM)
+
+
+def uniform(shape, seed) -> tf.Tensor:
+  """U(0, 1) float32 samples, strictly inside (0, 1), on a grid of 2^-24.
+
+  tf.random.stateless_uniform turns random bits into floats differently under
+  XLA and eagerly (on CPU, TF 2.21), while its integer draws agree; so floats
+  are made here from integer draws.
+  """
+  bits = tf.random.stateless_uniform(tuple(shape), seed, minval=0, maxval=1 << 24,
+                                     dtype=tf.int32, alg=RNG_ALGORITHM)
+  return (tf.cast(bits, tf.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def standard_normal(shape, seed) -> tf.Tensor:
+  """N(0, 1) samples by Box-Muller from `uniform` (same numbers under XLA and eagerly)."""
+  uniforms = uniform((2,) + tuple(shape), seed)
+  return tf.sqrt(-2.0 * tf.math.log(uniforms[0])) * tf.cos(2.0 * math.pi * uniforms[1])
 
 
 def clamp_at_zero(value: tf.Tensor) -> tf.Tensor:
@@ -189,7 +212,7 @@ class Problem:
     num_samples = data[self.batched_keys[0]].shape[0]
     indices = tf.random.stateless_uniform(
         [self.batch_size], step_stream(seed, BATCH_STREAM),
-        minval=0, maxval=num_samples, dtype=tf.int32)
+        minval=0, maxval=num_samples, dtype=tf.int32, alg=RNG_ALGORITHM)
     return {key: tf.gather(value, indices) if key in self.batched_keys else value
             for key, value in data.items()}
 
@@ -198,8 +221,7 @@ class Problem:
     if self.noise_stdev == 0.0:
       return grads
     noise_seed = step_stream(seed, NOISE_STREAM)
-    return [grad + self.noise_stdev * tf.random.stateless_normal(
-                grad.shape, tf.random.experimental.stateless_fold_in(noise_seed, index))
+    return [grad + self.noise_stdev * standard_normal(grad.shape, step_stream(noise_seed, index))
             for index, grad in enumerate(grads)]
 
   def loss(self, params, data, seed=None) -> tf.Tensor:

@@ -71,8 +71,7 @@ class SparseGradients(Transformed):
 
   def perturb_gradients(self, grads, seed):
     mask_seed = base.step_stream(seed, base.MASK_STREAM)
-    return [tf.where(tf.random.stateless_uniform(
-                grad.shape, tf.random.experimental.stateless_fold_in(mask_seed, index))
+    return [tf.where(base.uniform(grad.shape, base.step_stream(mask_seed, index))
                      < self.zero_probability, tf.zeros_like(grad), grad)
             for index, grad in enumerate(super().perturb_gradients(grads, seed))]
 
