@@ -1,0 +1,146 @@
+"""Everything a meta-training run needs to continue exactly, and the train_dir bookkeeping.
+
+Checkpointed with `tf.train.CheckpointManager` (train_dir/checkpoints): the meta-parameters,
+the RMSProp slots, the meta-step, the elapsed training wall time, the numpy sampling RNG
+state and the in-flight trajectories (problem, seeds, unroll counters and the carried
+parameters + optimizer state as .npz bytes) - the last two as tf.string variables, so a
+restored run draws the same problems, lengths and seeds and continues the same trajectory.
+
+Also here: train_dir/run_config.json (the resolved HRNN config and flags; a train_dir made
+with another config is refused before any work) and train_dir/history.csv (meta-loss per
+meta-step; trimmed back to the checkpoint's step on resume so a killed run leaves no rows
+that the resumed run will write again).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from learned_opt.config import HRNNConfig
+
+RUN_CONFIG = "run_config.json"
+HISTORY = "history.csv"
+HISTORY_FIELDS = ("step", "wall_time", "problem", "family", "replicas", "unroll", "num_unrolls",
+                  "steps", "meta_loss", "final_relative_loss", "log_lr_mean", "log_lr_std",
+                  "skipped", "inner_steps_per_sec")
+
+
+class TrainState(tf.Module):
+  """Checkpointed training state (meta-parameters and meta-optimizer are attached by the trainer)."""
+
+  def __init__(self):
+    super().__init__(name="train_state")
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="meta_step")
+    self.wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_time")
+    self.sampler = tf.Variable("", dtype=tf.string, trainable=False, name="sampler_state")
+    self.trajectories = tf.Variable(b"", dtype=tf.string, trainable=False, name="trajectories")
+
+
+def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
+  buffer = io.BytesIO()
+  np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+  return buffer.getvalue()
+
+
+def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+  if not blob:
+    return {}
+  with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
+def check_writable(directory: str | os.PathLike, what: str) -> Path:
+  """Creates `directory` if needed and proves it writable; clear error otherwise."""
+  path = Path(directory).expanduser()
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write_probe", dir=path)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"{what} {path} is not a writable directory: {e}") from e
+  return path
+
+
+def check_run_config(train_dir: Path, config: HRNNConfig) -> dict | None:
+  """Raises ValueError if train_dir holds a run made with another HRNN config.
+
+  Returns the recorded run config (None for a fresh directory).
+  """
+  path = train_dir / RUN_CONFIG
+  has_checkpoint = tf.train.latest_checkpoint(str(train_dir / "checkpoints")) is not None
+  if not path.exists():
+    if has_checkpoint:
+      raise ValueError(f"{train_dir} has checkpoints but no {RUN_CONFIG}; refusing to guess "
+                       "which config made them (use a fresh --train_dir)")
+    return None
+  try:
+    recorded = json.loads(path.read_text())
+    recorded_config = HRNNConfig.from_dict(recorded["config"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path} is unreadable ({e}); use a fresh --train_dir") from e
+  if recorded_config != config:
+    differences = ", ".join(f"{k}: recorded {a!r}, requested {b!r}"
+                            for k, (a, b) in recorded_config.diff(config).items())
+    raise ValueError(f"--train_dir {train_dir} was made with a different optimizer config "
+                     f"({differences}); use a fresh --train_dir or the recorded --config")
+  return recorded
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+  with os.fdopen(fd, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def trim_history(train_dir: Path, step: int) -> None:
+  """Drops history rows after meta-step `step` (written after the last checkpoint)."""
+  path = train_dir / HISTORY
+  if not path.exists():
+    return
+  with open(path, newline="") as f:
+    rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= step]
+  fd, tmp = tempfile.mkstemp(prefix=HISTORY + ".", suffix=".tmp", dir=train_dir)
+  with os.fdopen(fd, "w", newline="") as f:
+    writer = csv.DictWriter(f, HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, path)
+
+
+class History:
+  """Appends one CSV row per meta-step (flushed, so a kill loses at most a line)."""
+
+  def __init__(self, train_dir: Path):
+    self.path = train_dir / HISTORY
+    new = not self.path.exists()
+    self._file = open(self.path, "a", newline="")
+    self._writer = csv.DictWriter(self._file, HISTORY_FIELDS, extrasaction="ignore")
+    if new:
+      self._writer.writeheader()
+      self._file.flush()
+
+  def write(self, row: Mapping[str, Any]) -> None:
+    self._writer.writerow(row)
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+def read_history(train_dir) -> list[dict[str, str]]:
+  path = Path(train_dir) / HISTORY
+  if not path.exists():
+    return []
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))

@@ -1,0 +1,65 @@
+"""RMSProp on the meta-parameters, with the reference's gradient cleaning (hrnn_reference.md §3).
+
+Per element: non-finite meta-gradients are replaced by 0, then clipped to +-clip (reference
+`gradient_clip_level` 1e4). Optional L2 on the meta-parameters (seed paper 2's "weight decay":
+the *optimizer's own* weights, not the problem parameters; peers.md §1.3): the gradient of
+(l2 / 2) * ||theta||^2 is added before clipping.
+
+RMSProp follows TF1's `tf.train.RMSPropOptimizer` that the reference used: the mean-square
+slot starts at ONE (not zero), ms <- decay ms + (1 - decay) g^2, theta <- theta - lr g /
+sqrt(ms + eps). The slots are plain `tf.Variable`s, so the optimizer checkpoints with
+`tf.train.Checkpoint` and runs unchanged on MirroredVariables or parameter-server variables.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import tensorflow as tf
+
+# Scalar log-scale offsets whose zero is not "off": L2 would drag them towards a step length
+# of exp(0) = 1 or a log-lr momentum of 1/2. Seed paper 2's weight decay acts on the network
+# weights; its step multipliers are fixed constants, not meta-parameters, so we exclude ours.
+L2_EXCLUDED = ("log_step_offset", "nominal/log_step", "log_lr_momentum_logit")
+
+
+class MetaRMSProp(tf.Module):
+  """RMSProp for a dict of meta-parameter variables."""
+
+  def __init__(self, variables: Mapping[str, tf.Variable], learning_rate: float,
+               decay: float = 0.9, epsilon: float = 1e-10, clip: float = 1e4,
+               l2: float = 0.0, name: str = "meta_rmsprop"):
+    super().__init__(name=name)
+    if learning_rate <= 0 or not 0 <= decay < 1 or epsilon < 0 or clip <= 0 or l2 < 0:
+      raise ValueError(f"bad RMSProp settings lr={learning_rate} decay={decay} "
+                       f"eps={epsilon} clip={clip} l2={l2}")
+    self.learning_rate = float(learning_rate)
+    self.decay = float(decay)
+    self.epsilon = float(epsilon)
+    self.clip = float(clip)
+    self.l2 = float(l2)
+    self.names = sorted(variables)
+    with self.name_scope:
+      self.mean_square = {
+          k: tf.Variable(tf.ones_like(variables[k]), trainable=False,
+                         name="ms__" + k.replace("/", "__")) for k in self.names}
+
+  def clean(self, grads: Mapping[str, tf.Tensor], variables: Mapping[str, tf.Variable]):
+    """Zeroes non-finite entries, adds L2, clips elementwise."""
+    out = {}
+    for k in self.names:
+      g = tf.convert_to_tensor(grads[k], tf.float32)
+      g = tf.where(tf.math.is_finite(g), g, tf.zeros_like(g))
+      if self.l2 and k not in L2_EXCLUDED:
+        g = g + self.l2 * tf.convert_to_tensor(variables[k])
+      out[k] = tf.clip_by_value(g, -self.clip, self.clip)
+    return out
+
+  def apply(self, grads: Mapping[str, tf.Tensor], variables: Mapping[str, tf.Variable]):
+    """One RMSProp update of `variables` from raw meta-gradients `grads`."""
+    grads = self.clean(grads, variables)
+    for k in self.names:
+      ms = self.mean_square[k]
+      new_ms = self.decay * ms + (1.0 - self.decay) * tf.square(grads[k])
+      ms.assign(new_ms)
+      variables[k].assign_sub(self.learning_rate * grads[k] * tf.math.rsqrt(new_ms + self.epsilon))

@@ -1,0 +1,678 @@
+"""The meta-training loop: sample problems, run partial unrolls, apply RMSProp, checkpoint.
+
+Seed paper 1 §4.2-4.5, hrnn_reference.md §3. One meta-step = one partial unroll = one
+meta-gradient update (the reference's global_step counts partial unrolls too).
+
+Loop structure (reference MO/TO):
+* A problem is drawn uniformly from the pool (`problems.sample`); each replica gets its own
+  random instance of it (data seed). `trajectories_per_problem` trajectories (reference
+  `num_meta_iterations` 5; default here 1) are run on it, each from freshly initialised
+  parameters.
+* A trajectory has num_unrolls = min_num_unrolls + round(Exp(num_unrolls_scale)) partial
+  unrolls; each has min_unroll_steps + round(Exp(unroll_steps_scale)) steps, clipped to
+  max_unroll_steps (the static bound of the compiled loop; the clip is ours).
+* Parameters, optimizer state and f_init carry across the partial unrolls of a trajectory;
+  no gradient crosses unroll boundaries.
+* Reset rule (reference `reset_rnn_params`=True): the optimizer state is reset (init vectors,
+  zero EMAs, fresh random initial log step lengths, hrnn.sample_initial_log_lr over lr_range)
+  at the first trajectory of each problem only; later trajectories on the same problem start
+  from fresh parameters but keep the optimizer state. Departure: we keep the state at the END
+  of the previous trajectory; the reference kept the one from the start of its last unroll
+  (an artefact of its propagate op). With the default of one trajectory per problem, the
+  state is reset at every trajectory start. `reset_state_every_trajectory` forces that.
+* A replica whose meta-loss or parameters are not finite contributes no meta-gradient and its
+  trajectory ends (the reference's finite check); if no replica is finite, the meta-step is
+  skipped (counted as `skipped`).
+
+Synchronous strategies (default / mirrored / multi_worker): every replica runs the SAME
+problem (so all replicas execute one compiled function with one set of shapes) on its own
+instance, data, initialisation, initial log step lengths and minibatch seeds; the finite
+meta-gradients are summed across replicas and divided by the number of finite ones.
+Parameter server: the coordinator keeps one independent trajectory per worker (each with its
+own problem) and schedules unroll+update closures; every closure applies its own RMSProp
+update to the PS-held meta-parameters, asynchronously, like the paper's workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+import problems as problems_lib
+from learned_opt import config as config_lib
+from learned_opt import hrnn
+from meta import weights_io as weights_lib
+from meta import checkpoints
+from meta import meta_optimizer
+from meta import strategy as strategy_lib
+from meta import unroll as unroll_lib
+
+log = logging.getLogger("train_meta")
+
+
+@dataclasses.dataclass
+class Options:
+  """Meta-training options; train_meta.py maps its flags one-to-one onto these fields."""
+  train_dir: str = ""
+  config: str = "paper"
+  problems: str = "default"
+  max_steps: int = 100_000
+  # Unroll distributions. Reference: num_unrolls_scale 40, min_num_unrolls 1,
+  # unroll_steps_scale 200, min_unroll_steps 50. Defaults are ~10x smaller for a CPU.
+  num_unrolls_scale: float = 5.0
+  min_num_unrolls: int = 1
+  unroll_steps_scale: float = 30.0
+  min_unroll_steps: int = 20
+  max_unroll_steps: int = 256
+  trajectories_per_problem: int = 1
+  reset_state_every_trajectory: bool = False
+  lr_min: float = 1e-6
+  lr_max: float = 1e-2
+  second_derivatives: bool = True
+  # Meta-optimizer. Reference: lr 1e-6, eps 1e-20 with many asynchronous workers.
+  meta_learning_rate: float = 1e-3
+  rms_decay: float = 0.9
+  rms_epsilon: float = 1e-10
+  gradient_clip: float = 1e4
+  meta_l2: float = 0.0
+  seed: int = 0
+  init_seed: int = 0
+  strategy: str = "default"
+  unroll_mode: str = "xla"
+  checkpoint_every_secs: float = 60.0
+  checkpoint_every_steps: int = 0
+  keep_checkpoints: int = 3
+  log_every_steps: int = 1
+  export: str = ""
+
+  def validate(self) -> None:
+    """Raises ValueError naming the bad option (before any work)."""
+    errors = []
+    def need(ok, message):
+      if not ok:
+        errors.append(message)
+    need(bool(self.train_dir), "--train_dir is required")
+    need(self.config in config_lib.PRESETS,
+         f"--config must be one of {sorted(config_lib.PRESETS)}, got {self.config!r}")
+    need(self.max_steps >= 0, f"--max_steps must be >= 0, got {self.max_steps}")
+    need(self.num_unrolls_scale >= 0, "--num_unrolls_scale must be >= 0")
+    need(self.min_num_unrolls >= 1, "--min_num_unrolls must be >= 1")
+    need(self.unroll_steps_scale >= 0, "--unroll_steps_scale must be >= 0")
+    need(self.min_unroll_steps >= 1, "--min_unroll_steps must be >= 1")
+    need(self.max_unroll_steps >= self.min_unroll_steps,
+         "--max_unroll_steps must be >= --min_unroll_steps")
+    need(self.trajectories_per_problem >= 1, "--trajectories_per_problem must be >= 1")
+    need(0 < self.lr_min < self.lr_max, f"need 0 < --lr_min < --lr_max, got "
+         f"{self.lr_min}, {self.lr_max}")
+    need(self.meta_learning_rate > 0, "--meta_learning_rate must be > 0")
+    need(0 <= self.rms_decay < 1, "--rms_decay must be in [0, 1)")
+    need(self.rms_epsilon >= 0, "--rms_epsilon must be >= 0")
+    need(self.gradient_clip > 0, "--gradient_clip must be > 0")
+    need(self.meta_l2 >= 0, "--meta_l2 must be >= 0")
+    need(self.strategy in strategy_lib.NAMES,
+         f"--strategy must be one of {strategy_lib.NAMES}, got {self.strategy!r}")
+    need(self.unroll_mode in unroll_lib.Unroller.MODES,
+         f"--unroll_mode must be one of {unroll_lib.Unroller.MODES}, got {self.unroll_mode!r}")
+    need(self.checkpoint_every_secs >= 0 and self.checkpoint_every_steps >= 0,
+         "checkpoint intervals must be >= 0")
+    need(self.keep_checkpoints >= 1, "--keep_checkpoints must be >= 1")
+    if not errors:
+      try:
+        resolve_problems(self.problems)
+      except ValueError as e:
+        errors.append(str(e))
+    if errors:
+      raise ValueError("bad options: " + "; ".join(errors))
+
+
+def resolve_problems(spec: str) -> list:
+  """"default", "all", or a comma-separated list of problem names and family names."""
+  if spec == "default":
+    return problems_lib.default_problems()
+  if spec == "all":
+    return problems_lib.all_problems()
+  chosen = []
+  for item in [s.strip() for s in spec.split(",") if s.strip()]:
+    if item in problems_lib.FAMILIES:
+      chosen += [p for p in problems_lib.default_problems() if p.family == item]
+    else:
+      try:
+        chosen.append(problems_lib.get(item))
+      except KeyError as e:
+        raise ValueError(f"--problems: {e.args[0]}") from None
+  if not chosen:
+    raise ValueError(f"--problems {spec!r} selects no problem")
+  return list(dict.fromkeys(chosen))
+
+
+def git_commit() -> str | None:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                          capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling plan (all randomness of the loop comes from one numpy Generator).
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Trajectory:
+  """One trajectory on one problem, for R replicas (JSON-able except `carries`)."""
+  problem: str
+  data_seeds: list            # per replica: instance (data) seed, fixed for the problem.
+  trajectory_index: int       # 0 .. trajectories_per_problem - 1 on this problem.
+  init_seeds: list            # per replica: parameter initialisation seed.
+  num_unrolls: int
+  unroll_index: int = 0
+  carries: dict = dataclasses.field(default_factory=dict)  # replica id -> Carry
+
+  def header(self) -> dict:
+    d = dataclasses.asdict(self)
+    d.pop("carries")
+    return d
+
+
+def _int_seed(rng) -> int:
+  return int(rng.integers(2**31 - 1))
+
+
+class Sampler:
+  """Draws problems, trajectory lengths and seeds; its state goes into checkpoints."""
+
+  def __init__(self, options: Options, pool: list, num_replicas: int):
+    self.options = options
+    self.pool = pool
+    self.num_replicas = num_replicas
+    self.rng = np.random.default_rng(options.seed)
+
+  def num_unrolls(self) -> int:
+    o = self.options
+    return o.min_num_unrolls + int(round(self.rng.exponential(o.num_unrolls_scale))) \
+        if o.num_unrolls_scale > 0 else o.min_num_unrolls
+
+  def unroll_steps(self) -> int:
+    o = self.options
+    extra = int(round(self.rng.exponential(o.unroll_steps_scale))) if o.unroll_steps_scale else 0
+    return min(o.min_unroll_steps + extra, o.max_unroll_steps)
+
+  def step_seeds(self) -> list:
+    return [[int(s) for s in self.rng.integers(-2**31, 2**31 - 1, size=2)]
+            for _ in range(self.num_replicas)]
+
+  def next_trajectory(self, previous: Trajectory | None) -> Trajectory:
+    o = self.options
+    if previous is not None and previous.trajectory_index + 1 < o.trajectories_per_problem:
+      problem, data_seeds = previous.problem, previous.data_seeds
+      index = previous.trajectory_index + 1
+    else:
+      problem = problems_lib.sample(self.rng, self.pool).name
+      data_seeds = [_int_seed(self.rng) for _ in range(self.num_replicas)]
+      index = 0
+    init_seeds = [_int_seed(self.rng) for _ in range(self.num_replicas)]
+    return Trajectory(problem, data_seeds, index, init_seeds, self.num_unrolls())
+
+  def state_json(self) -> str:
+    return json.dumps(self.rng.bit_generator.state)
+
+  def restore(self, text: str) -> None:
+    self.rng.bit_generator.state = json.loads(text)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer.
+# --------------------------------------------------------------------------------------------
+
+class Trainer:
+  """Builds everything from `Options`, restores the latest checkpoint, runs, exports.
+
+  Args:
+    cluster_resolver: for parameter_server / multi_worker when not using TF_CONFIG (tests).
+    stop_after: stop (with a checkpoint) after this many meta-steps of THIS process (tests).
+  """
+
+  def __init__(self, options: Options, cluster_resolver=None, strategy=None):
+    options.validate()
+    self.options = options
+    self.config = config_lib.get(options.config)
+    self.pool = resolve_problems(options.problems)
+    self.problems_by_name = {p.name: p for p in self.pool}
+    if strategy is None and options.strategy != "default":
+      if cluster_resolver is None:
+        strategy_lib.check_cluster(options.strategy)
+      strategy = strategy_lib.get_strategy(options.strategy, cluster_resolver)
+    self.strategy = strategy
+    self.is_ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+    self.chief = strategy_lib.is_chief(strategy)
+    self.train_dir = Path(options.train_dir).expanduser()
+
+    # Up-front checks: nothing below runs if these fail.
+    if self.chief:
+      checkpoints.check_writable(self.train_dir, "--train_dir")
+      if options.export:
+        checkpoints.check_writable(Path(options.export).expanduser().parent or ".",
+                                   "directory of --export")
+    self.recorded = checkpoints.check_run_config(self.train_dir, self.config)
+
+    if self.is_ps:
+      self.num_replicas = len(strategy.cluster_resolver.cluster_spec().as_dict()["worker"])
+    else:
+      self.num_replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    self.sampler = Sampler(options, self.pool, self.num_replicas)
+    self.unroller = unroll_lib.Unroller(
+        self.config, max_steps=options.max_unroll_steps,
+        second_derivatives=options.second_derivatives, mode=options.unroll_mode)
+
+    scope = strategy.scope() if strategy is not None else _null_scope()
+    with scope:
+      self.meta = hrnn.MetaParams(self.config, seed=options.init_seed)
+      self.optimizer = meta_optimizer.MetaRMSProp(
+          self.meta.variables_by_name, options.meta_learning_rate, decay=options.rms_decay,
+          epsilon=options.rms_epsilon, clip=options.gradient_clip, l2=options.meta_l2)
+    self.train_state = checkpoints.TrainState()
+    self.checkpoint = tf.train.Checkpoint(meta=self.meta, meta_optimizer=self.optimizer,
+                                          train_state=self.train_state)
+    checkpoint_dir = self.train_dir / "checkpoints"
+    if not self.chief:  # MultiWorkerMirrored: every worker saves, only the chief's is kept.
+      checkpoint_dir = self.train_dir / "worker_tmp" / f"task_{_task_id(strategy)}"
+    self.manager = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir),
+                                              max_to_keep=options.keep_checkpoints)
+    self.trajectory: Trajectory | None = None
+    self.slots: list[Trajectory | None] = []   # parameter server: one per worker
+    self._local_ids = self._local_replica_ids()
+    self._apply = tf.function(lambda grads: self.optimizer.apply(
+        grads, self.meta.variables_by_name))
+    self._ps_functions: dict[str, Any] = {}
+    self._restore()
+
+  # --- bookkeeping ----------------------------------------------------------------------
+
+  def _local_replica_ids(self) -> list[int]:
+    if self.strategy is None or self.is_ps:
+      return list(range(self.num_replicas)) if self.is_ps else [0]
+    ids = self.strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(ctx.replica_id_in_sync_group))
+    return [int(t) for t in self.strategy.experimental_local_results(ids)]
+
+  def _restore(self) -> None:
+    latest = self.manager.latest_checkpoint
+    if self.chief and latest is None and self.options.strategy == "multi_worker":
+      latest = None
+    if latest is None and not self.chief:
+      latest = tf.train.latest_checkpoint(str(self.train_dir / "checkpoints"))
+    if latest is not None:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      self.sampler.restore(self.train_state.sampler.numpy().decode())
+      self._unpack_trajectories(self.train_state.trajectories.numpy())
+      log.info("restored %s at meta-step %d", latest, int(self.train_state.step.numpy()))
+    if self.chief:
+      checkpoints.trim_history(self.train_dir, int(self.train_state.step.numpy()))
+      record = {"config": self.config.to_dict(), "config_preset": self.options.config,
+                "options": dataclasses.asdict(self.options)}
+      checkpoints.write_json_atomic(self.train_dir / checkpoints.RUN_CONFIG, record)
+
+  def _pack_trajectories(self) -> bytes:
+    items = [self.trajectory] if not self.is_ps else self.slots
+    arrays, headers = {}, []
+    for slot, trajectory in enumerate(items):
+      if trajectory is None:
+        headers.append(None)
+        continue
+      headers.append(trajectory.header())
+      for rid, carry in trajectory.carries.items():
+        for k, v in unroll_lib.carry_to_numpy(carry).items():
+          arrays[f"{slot}/{rid}/{k}"] = v
+    arrays["__headers__"] = np.asarray(json.dumps(headers))
+    return checkpoints.pack_arrays(arrays)
+
+  def _unpack_trajectories(self, blob: bytes) -> None:
+    arrays = checkpoints.unpack_arrays(blob)
+    if "__headers__" not in arrays:
+      return
+    restored = []
+    for slot, header in enumerate(json.loads(str(arrays["__headers__"]))):
+      if header is None:
+        restored.append(None)
+        continue
+      trajectory = Trajectory(**header)
+      problem = self.problems_by_name[trajectory.problem]
+      for rid in range(self.num_replicas):
+        prefix = f"{slot}/{rid}/"
+        sub = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        if sub:
+          trajectory.carries[rid] = unroll_lib.carry_from_numpy(
+              sub, len(problem.param_shapes()))
+      # A worker of a multi-worker run may lack its replicas' carries (only the chief's
+      # checkpoint is kept): such a trajectory restarts from a fresh start (documented).
+      if trajectory.carries and not all(r in trajectory.carries for r in self._local_ids):
+        trajectory.unroll_index = 0
+        trajectory.carries = {}
+      restored.append(trajectory)
+    if self.is_ps:
+      self.slots = restored
+    else:
+      self.trajectory = restored[0] if restored else None
+
+  def save(self) -> None:
+    self.train_state.sampler.assign(self.sampler.state_json())
+    self.train_state.trajectories.assign(self._pack_trajectories())
+    self.manager.save(checkpoint_number=int(self.train_state.step.numpy()))
+
+  @property
+  def step(self) -> int:
+    return int(self.train_state.step.numpy())
+
+  # --- one synchronous meta-step --------------------------------------------------------
+
+  def _data(self, problem, seed):
+    return unroll_lib.data_tensors(problem.sample_data(int(seed)))
+
+  def _start(self, trajectory: Trajectory, previous: Trajectory | None, rid: int):
+    problem = self.problems_by_name[trajectory.problem]
+    data = self._data(problem, trajectory.data_seeds[rid])
+    keep_state = None
+    if (trajectory.trajectory_index > 0 and not self.options.reset_state_every_trajectory
+        and previous is not None and rid in previous.carries):
+      state = previous.carries[rid].state
+      if all(bool(tf.reduce_all(tf.math.is_finite(tf.cast(x, tf.float32))))
+             for x in state if x.dtype.is_floating):
+        keep_state = state
+    log_lr_seed = [trajectory.init_seeds[rid] % (2**31 - 1), 7919]
+    return unroll_lib.start_carry(
+        problem, self.meta.as_dict(), self.config, data, trajectory.init_seeds[rid],
+        log_lr_seed, lr_range=(self.options.lr_min, self.options.lr_max), state=keep_state)
+
+  def train_step(self) -> dict:
+    """Runs one partial unroll on every replica and one meta-update. Returns diagnostics."""
+    previous = self.trajectory
+    if self.trajectory is None or self.trajectory.unroll_index >= self.trajectory.num_unrolls:
+      self.trajectory = self.sampler.next_trajectory(previous)
+    trajectory = self.trajectory
+    problem = self.problems_by_name[trajectory.problem]
+    num_steps = self.sampler.unroll_steps()
+    seeds = self.sampler.step_seeds()
+    if trajectory.unroll_index == 0 or not trajectory.carries:
+      trajectory.carries = {rid: self._start(trajectory, previous, rid)
+                            for rid in self._local_ids}
+    datas = {rid: self._data(problem, trajectory.data_seeds[rid]) for rid in self._local_ids}
+    start = time.perf_counter()
+    if self.strategy is None:
+      out = self.unroller(problem, self.meta.as_dict(), trajectory.carries[0], datas[0],
+                          num_steps, seeds[0])
+      outs = {0: out}
+      valid = bool(out.finite)
+      if valid:
+        self._apply(out.meta_grads)
+      num_valid = int(valid)
+    else:
+      outs, num_valid = self._mirrored_step(problem, trajectory, datas, num_steps, seeds)
+    elapsed = time.perf_counter() - start
+
+    finite_any = False
+    for rid, out in outs.items():
+      trajectory.carries[rid] = out.carry
+      finite_any |= bool(out.finite)
+    trajectory.unroll_index += 1
+    # A diverged replica ends the trajectory (all replicas share its schedule).
+    diverged = not all(bool(o.finite) for o in outs.values())
+    info = self._info(problem, trajectory, outs, num_steps, elapsed, num_valid == 0)
+    if diverged:
+      trajectory.unroll_index = trajectory.num_unrolls
+    self.train_state.step.assign_add(1)
+    return info
+
+  def _mirrored_step(self, problem, trajectory, datas, num_steps, seeds):
+    strategy = self.strategy
+    local = self._local_ids
+    def per_replica(values):
+      return strategy.experimental_distribute_values_from_function(
+          lambda ctx: values[ctx.replica_id_in_sync_group])
+    carries = per_replica({rid: trajectory.carries[rid] for rid in local})
+    datas_d = per_replica(datas)
+    seeds_d = per_replica({rid: tf.constant(seeds[rid], tf.int32) for rid in local})
+    unroller = self.unroller
+    meta_vars = self.meta.variables_by_name
+
+    def replica_fn(carry, data, seed):
+      meta = {k: v.read_value() for k, v in meta_vars.items()}
+      out = unroller.function_for(problem)(meta, carry, data, tf.constant(num_steps), seed)
+      valid = out.finite
+      grads = {k: tf.where(valid, g, tf.zeros_like(g)) for k, g in out.meta_grads.items()}
+      return out._replace(meta_grads={}), grads, tf.cast(valid, tf.float32)
+
+    outs, grads, valid = strategy.run(replica_fn, args=(carries, datas_d, seeds_d))
+    grad_sum = strategy.reduce(tf.distribute.ReduceOp.SUM, grads, axis=None)
+    num_valid = int(strategy.reduce(tf.distribute.ReduceOp.SUM, valid, axis=None))
+    if num_valid:
+      self._apply({k: g / num_valid for k, g in grad_sum.items()})
+    local_outs = tf.nest.map_structure(lambda x: strategy.experimental_local_results(x), outs)
+    per_rid = {}
+    for index, rid in enumerate(local):
+      per_rid[rid] = tf.nest.map_structure(lambda x: x[index], local_outs,
+                                           check_types=False)
+    return per_rid, num_valid
+
+  def _info(self, problem, trajectory, outs, num_steps, elapsed, skipped) -> dict:
+    values = list(outs.values())
+    def mean(f):
+      xs = [float(f(o)) for o in values]
+      return float(np.mean(xs))
+    steps = sum(int(o.steps) for o in values)
+    relative = [float(o.final_loss) / (float(o.carry.initial_loss) + 1e-6) for o in values]
+    return {
+        "step": self.step + 1, "problem": problem.name, "family": problem.family,
+        "replicas": len(values), "unroll": trajectory.unroll_index,
+        "num_unrolls": trajectory.num_unrolls, "steps": num_steps,
+        "meta_loss": mean(lambda o: o.meta_loss),
+        "final_relative_loss": float(np.mean(relative)),
+        "log_lr_mean": mean(lambda o: o.log_lr_mean),
+        "log_lr_std": mean(lambda o: o.log_lr_std),
+        "log_lr_min": min(float(o.log_lr_min) for o in values),
+        "log_lr_max": max(float(o.log_lr_max) for o in values),
+        "skipped": int(skipped),
+        "inner_steps_per_sec": steps / max(elapsed, 1e-9),
+    }
+
+  # --- parameter server ------------------------------------------------------------------
+
+  def _ps_function(self, problem):
+    if problem.name not in self._ps_functions:
+      unroll_fn = self.unroller.function_for(problem)
+      meta_vars = self.meta.variables_by_name
+      optimizer = self.optimizer
+
+      @tf.function
+      def worker_fn(carry, data, num_steps, seed):
+        meta = {k: tf.identity(v) for k, v in meta_vars.items()}  # reads from the PS
+        out = unroll_fn(meta, carry, data, num_steps, seed)
+        if out.finite:
+          optimizer.apply(out.meta_grads, meta_vars)
+        return out._replace(meta_grads={})
+      self._ps_functions[problem.name] = worker_fn
+    return self._ps_functions[problem.name]
+
+  def _ps_round(self, coordinator) -> list[dict]:
+    """Schedules one partial unroll per worker slot, waits, bookkeeps (meta-step per closure)."""
+    if not self.slots:
+      self.slots = [None] * self.num_replicas
+    scheduled = []
+    for slot in range(self.num_replicas):
+      trajectory = self.slots[slot]
+      previous = trajectory
+      if trajectory is None or trajectory.unroll_index >= trajectory.num_unrolls:
+        # Slot-local trajectories: one replica each (replica id 0 inside the slot).
+        trajectory = self._single_sampler().next_trajectory(previous)
+        self.slots[slot] = trajectory
+      problem = self.problems_by_name[trajectory.problem]
+      if trajectory.unroll_index == 0 or 0 not in trajectory.carries:
+        trajectory.carries = {0: self._start(trajectory, previous, 0)}
+      num_steps = self.sampler.unroll_steps()
+      seed = self.sampler.step_seeds()[0]
+      data = self._data(problem, trajectory.data_seeds[0])
+      fn = self._ps_function(problem)
+      remote = coordinator.schedule(fn, args=(trajectory.carries[0], data,
+                                              tf.constant(num_steps), tf.constant(seed)))
+      scheduled.append((slot, problem, num_steps, remote, time.perf_counter()))
+    coordinator.join()
+    infos = []
+    for slot, problem, num_steps, remote, start in scheduled:
+      out = remote.fetch()
+      out = tf.nest.map_structure(tf.convert_to_tensor, out)
+      trajectory = self.slots[slot]
+      trajectory.carries[0] = out.carry
+      trajectory.unroll_index += 1
+      info = self._info(problem, trajectory, {0: out}, num_steps,
+                        time.perf_counter() - start, not bool(out.finite))
+      if not bool(out.finite):
+        trajectory.unroll_index = trajectory.num_unrolls
+      self.train_state.step.assign_add(1)
+      info["step"] = self.step
+      infos.append(info)
+    return infos
+
+  def _single_sampler(self) -> Sampler:
+    single = Sampler(self.options, self.pool, 1)
+    single.rng = self.sampler.rng   # share the stream (and its checkpointed state)
+    return single
+
+  # --- the loop --------------------------------------------------------------------------
+
+  def run(self, stop_after: int | None = None) -> dict:
+    """Meta-trains until max_steps (or `stop_after` steps of this call); exports if asked."""
+    o = self.options
+    writer = tf.summary.create_file_writer(str(self.train_dir / "summaries")) \
+        if self.chief else tf.summary.create_noop_writer()
+    history = checkpoints.History(self.train_dir) if self.chief else None
+    coordinator = (tf.distribute.experimental.coordinator.ClusterCoordinator(self.strategy)
+                   if self.is_ps else None)
+    last_save_time, last_save_step = time.time(), self.step
+    wall_start, wall_base = time.time(), float(self.train_state.wall_time.numpy())
+    done_here, last_info = 0, {}
+    if self.step < o.max_steps and self.chief:
+      log.info("meta-training from step %d to %d on %d problem(s), %d replica(s), "
+               "strategy %s", self.step, o.max_steps, len(self.pool), self.num_replicas,
+               o.strategy)
+    try:
+      while self.step < o.max_steps and (stop_after is None or done_here < stop_after):
+        infos = self._ps_round(coordinator) if self.is_ps else [self.train_step()]
+        done_here += len(infos)
+        self.train_state.wall_time.assign(wall_base + time.time() - wall_start)
+        for info in infos:
+          info["wall_time"] = float(self.train_state.wall_time.numpy())
+          last_info = info
+          if self.chief:
+            history.write(info)
+            self._summaries(writer, info)
+            if info["step"] % max(1, o.log_every_steps) == 0:
+              log.info(_progress_line(info, len(self.unroller)))
+        if self._should_save(last_save_time, last_save_step):
+          self.save()
+          last_save_time, last_save_step = time.time(), self.step
+    finally:
+      if history is not None:
+        history.close()
+      writer.flush()
+    if self.step != last_save_step or self.manager.latest_checkpoint is None:
+      self.save()
+    if o.export and self.chief:
+      self.export(o.export)
+    return last_info
+
+  def _should_save(self, last_time, last_step) -> bool:
+    o = self.options
+    want = ((o.checkpoint_every_steps and self.step - last_step >= o.checkpoint_every_steps)
+            or (o.checkpoint_every_secs and time.time() - last_time >= o.checkpoint_every_secs))
+    if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      # Every worker must take part in a save: agree on the decision (any worker's clock).
+      flag = self.strategy.run(lambda: tf.constant(float(bool(want))))
+      want = float(self.strategy.reduce(tf.distribute.ReduceOp.MAX, flag, axis=None)) > 0
+    return bool(want)
+
+  def _summaries(self, writer, info) -> None:
+    with writer.as_default(step=info["step"]):
+      _scalar("meta_loss", info["meta_loss"])
+      _scalar(f"meta_loss_by_family/{info['family']}", info["meta_loss"])
+      _scalar("final_relative_loss", info["final_relative_loss"])
+      for k in ("log_lr_mean", "log_lr_std", "log_lr_min", "log_lr_max"):
+        _scalar(f"step_length/{k}", info[k])
+      _scalar("throughput/inner_steps_per_sec", info["inner_steps_per_sec"])
+      _scalar("skipped_meta_steps", info["skipped"])
+
+  def export(self, path) -> Path:
+    """Writes the current meta-parameters as a weights file (learned_opt.weights format)."""
+    provenance = {
+        "trainer": "train_meta.py", "options": dataclasses.asdict(self.options),
+        "config_preset": self.options.config, "meta_steps": self.step,
+        "wall_time_secs": float(self.train_state.wall_time.numpy()),
+        "git_commit": git_commit(), "train_dir": str(self.train_dir.resolve()),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    values = {k: np.asarray(v.numpy()) for k, v in self.meta.variables_by_name.items()}
+    out = weights_lib.save(Path(path).expanduser(), values, self.config, provenance)
+    log.info("exported meta-parameters at meta-step %d to %s", self.step, out)
+    return out
+
+
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+).SerializeToString()
+
+
+def _scalar(tag: str, value: float) -> None:
+  """A TensorBoard scalar without importing tensorboard (tf.summary.scalar needs it)."""
+  tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=_SCALAR_METADATA)
+
+
+def _progress_line(info, compiled) -> str:
+  return (f"step {info['step']:>6}  {info['problem'][:34]:<34} unroll {info['unroll']:>3}/"
+          f"{info['num_unrolls']:<3} n={info['steps']:<4} meta_loss {info['meta_loss']:+.4f}  "
+          f"f/f0 {info['final_relative_loss']:.3g}  log_lr {info['log_lr_mean']:+.2f}"
+          f"±{info['log_lr_std']:.2f}  {info['inner_steps_per_sec']:,.0f} steps/s"
+          f"{'  SKIPPED' if info['skipped'] else ''}  [{compiled} compiled]")
+
+
+def _task_id(strategy) -> int:
+  try:
+    return int(strategy.cluster_resolver.task_id or 0)
+  except AttributeError:
+    return 0
+
+
+class _null_scope:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def evaluate(meta_values, problem_list, seeds, num_steps: int, config,
+             lr_range=(1e-6, 1e-2), unroller: unroll_lib.Unroller | None = None) -> float:
+  """Mean meta-objective (eq. 14) of one fresh num_steps unroll per (problem, seed).
+
+  Fixed instances, initial log step lengths and minibatch seeds: comparable across
+  meta-parameters (the test of "meta-training lowers the meta-loss").
+  """
+  unroller = unroller or unroll_lib.Unroller(config, max_steps=num_steps)
+  losses = []
+  for problem in problem_list:
+    for seed in seeds:
+      data = unroll_lib.data_tensors(problem.sample_data(int(seed)))
+      carry = unroll_lib.start_carry(problem, meta_values, config, data, seed, [seed, 11],
+                                     lr_range=lr_range)
+      out = unroller(problem, meta_values, carry, data, num_steps, [seed, 13],
+                     compute_gradients=False)
+      losses.append(float(out.meta_loss))
+  return float(np.mean(losses))

@@ -1,0 +1,158 @@
+r"""Meta-trains the hierarchical RNN optimizer (seed paper 1 §4, hrnn_reference.md §3).
+
+Truncated backpropagation through partial unrolls on the problem ensemble (problems/), with
+second derivatives, the log meta-objective of eq. 14, RMSProp on the meta-parameters,
+checkpoints that resume exactly, TensorBoard summaries, and export to a weights file that
+`learned_opt.LearnedOptimizer(weights=PATH)` loads. The pieces live in meta/.
+
+One machine (2 CPU cores is enough to see progress within minutes):
+
+  python train_meta.py --train_dir /tmp/lo_run                 # default problem set
+  python train_meta.py --train_dir /tmp/lo_run --max_steps 2000 --export /tmp/lo.npz
+  python train_meta.py --train_dir /tmp/lo_run --export /tmp/lo.npz --export_only
+  python train_meta.py --train_dir /tmp/lo_stable --config stable --meta_l2 0.1
+  tensorboard --logdir /tmp/lo_run/summaries
+
+Re-running the same command resumes from the last checkpoint (train_dir/checkpoints) and
+continues exactly as if never stopped.
+
+Reference (paper-scale) unroll and meta-optimizer settings:
+
+  python train_meta.py --train_dir DIR --num_unrolls_scale 40 --min_num_unrolls 1 \
+      --unroll_steps_scale 200 --min_unroll_steps 50 --max_unroll_steps 2048 \
+      --trajectories_per_problem 5 --meta_learning_rate 1e-6 --rms_epsilon 1e-20
+
+All devices of one machine, synchronous (each replica its own instance of the step's problem):
+
+  python train_meta.py --train_dir DIR --strategy mirrored
+
+A cluster, synchronous (run on every host; same flags and shared --train_dir, e.g. NFS/GCS):
+
+  TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]},
+              "task": {"type": "worker", "index": 0}}' \
+    python train_meta.py --train_dir /shared/run --strategy multi_worker
+  (index 1 on host2; worker 0 is the chief and writes checkpoints, summaries, exports)
+
+A cluster, asynchronous like the paper's RMSProp workers (parameter servers hold the
+meta-parameters and RMSProp slots; every worker applies its own updates):
+
+  # on each ps / worker host: a plain TF server
+  TF_CONFIG='{"cluster": {"chief": ["c:2222"], "worker": ["w0:2222", "w1:2222"],
+              "ps": ["p0:2222"]}, "task": {"type": "worker", "index": 0}}' \
+    python -c "import json,os,tensorflow as tf; c=json.loads(os.environ['TF_CONFIG']); \
+      tf.distribute.Server(tf.train.ClusterSpec(c['cluster']), job_name=c['task']['type'], \
+      task_index=c['task']['index'], protocol='grpc').join()"
+  # on the chief (the coordinator): same TF_CONFIG with "task": {"type": "chief", "index": 0}
+    python train_meta.py --train_dir /shared/run --strategy parameter_server
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app
+from absl import flags
+
+from meta import trainer as trainer_lib
+
+_D = trainer_lib.Options()
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("train_dir", None, "Directory for checkpoints, summaries, history.csv and "
+                    "run_config.json. Re-running with the same directory resumes.")
+flags.DEFINE_enum("config", _D.config, ["paper", "stable"],
+                  "Optimizer preset: paper (seed paper 1) or stable (+ seed paper 2 fixes).")
+flags.DEFINE_string("problems", _D.problems,
+                    "'default' (the 109-problem meta-training set), 'all', or a comma-separated "
+                    "list of problem names and family names (python -m problems --list).")
+flags.DEFINE_integer("max_steps", _D.max_steps, "Total meta-steps (= partial unrolls = "
+                     "meta-gradient updates), counted across resumes. 0: no training.")
+flags.DEFINE_float("num_unrolls_scale", _D.num_unrolls_scale,
+                   "Partial unrolls per trajectory = min_num_unrolls + round(Exp(scale)). "
+                   "Reference: 40.")
+flags.DEFINE_integer("min_num_unrolls", _D.min_num_unrolls, "Reference: 1.")
+flags.DEFINE_float("unroll_steps_scale", _D.unroll_steps_scale,
+                   "Steps per partial unroll = min_unroll_steps + round(Exp(scale)). "
+                   "Reference: 200.")
+flags.DEFINE_integer("min_unroll_steps", _D.min_unroll_steps, "Reference: 50.")
+flags.DEFINE_integer("max_unroll_steps", _D.max_unroll_steps,
+                     "Clip of the steps per unroll: the static bound of the compiled loop "
+                     "(sizes the backprop buffers; not in the reference).")
+flags.DEFINE_integer("trajectories_per_problem", _D.trajectories_per_problem,
+                     "Trajectories per sampled problem (reference num_meta_iterations: 5). The "
+                     "optimizer state is reset only at a problem's first trajectory.")
+flags.DEFINE_bool("reset_state_every_trajectory", _D.reset_state_every_trajectory,
+                  "Reset the optimizer state at every trajectory start.")
+flags.DEFINE_float("lr_min", _D.lr_min, "Initial learning rates are drawn over "
+                   "[lr_min, lr_max] (triangular in log, hrnn_reference.md §1.6).")
+flags.DEFINE_float("lr_max", _D.lr_max, "See --lr_min.")
+flags.DEFINE_bool("second_derivatives", _D.second_derivatives,
+                  "Backpropagate through the problem gradients (false: stop_gradient).")
+flags.DEFINE_float("meta_learning_rate", _D.meta_learning_rate,
+                   "RMSProp learning rate. Reference: 1e-6 (with ~1000 async workers); 1e-3 "
+                   "gives visible progress in minutes on one CPU.")
+flags.DEFINE_float("rms_decay", _D.rms_decay, "RMSProp decay (reference 0.9).")
+flags.DEFINE_float("rms_epsilon", _D.rms_epsilon, "RMSProp epsilon (reference 1e-20; "
+                   "1e-10 is TF1's default).")
+flags.DEFINE_float("gradient_clip", _D.gradient_clip, "Elementwise meta-gradient clip after "
+                   "zeroing non-finite entries (reference 1e4).")
+flags.DEFINE_float("meta_l2", _D.meta_l2, "L2 coefficient on the optimizer's own "
+                   "meta-parameters (seed paper 2's weight decay; not on problem parameters).")
+flags.DEFINE_integer("seed", _D.seed, "Seed of problem / length / instance sampling.")
+flags.DEFINE_integer("init_seed", _D.init_seed, "Seed of the meta-parameter initialisation.")
+flags.DEFINE_enum("strategy", _D.strategy, ["default", "mirrored", "multi_worker",
+                                            "parameter_server"], "tf.distribute strategy.")
+flags.DEFINE_enum("unroll_mode", _D.unroll_mode, ["xla", "function", "eager"],
+                  "How unrolls run: xla (fastest on CPU), function, eager.")
+flags.DEFINE_float("checkpoint_every_secs", _D.checkpoint_every_secs,
+                   "Checkpoint interval in seconds (0: off).")
+flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
+                     "Checkpoint interval in meta-steps (0: off).")
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept.")
+flags.DEFINE_integer("log_every_steps", _D.log_every_steps, "Console progress interval.")
+flags.DEFINE_string("export", "", "Write a weights file here at the end (learned_opt format).")
+flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --train_dir "
+                  "to --export (same as --max_steps 0).")
+
+
+def options_from_flags() -> trainer_lib.Options:
+  options = trainer_lib.Options()
+  for field in options.__dataclass_fields__:
+    if field in FLAGS:
+      setattr(options, field, getattr(FLAGS, field) if getattr(FLAGS, field) is not None
+              else getattr(options, field))
+  if FLAGS.export_only:
+    if not FLAGS.export:
+      raise ValueError("--export_only needs --export PATH")
+    if not FLAGS.train_dir:
+      raise ValueError("--export_only needs the --train_dir to export from")
+    options.max_steps = 0
+  return options
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  logging.getLogger("train_meta").setLevel(logging.INFO)
+  try:
+    options = options_from_flags()
+    trainer = trainer_lib.Trainer(options)
+  except ValueError as e:
+    print(f"train_meta.py: error: {e}", file=sys.stderr)
+    return 2
+  if FLAGS.export_only:
+    if trainer.manager.latest_checkpoint is None:
+      print(f"train_meta.py: error: no checkpoint in {options.train_dir} to export",
+            file=sys.stderr)
+      return 2
+    trainer.export(options.export)
+    return 0
+  trainer.run()
+  return 0
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("train_dir")
+  app.run(lambda argv: sys.exit(main(argv)))
