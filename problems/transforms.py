@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from problems import base, literature, slow, well_behaved
+from problems import base, literature, slow
+from problems.well_behaved import Bowl, Quadratic
 
 
 class Transformed(base.Problem):
@@ -207,10 +208,6 @@ class SumTask(base.Problem):
     parts = [function(problem, self._child_data(data, index))
              for index, problem in enumerate(self.problems)]
     return None if any(part is None for part in parts) else [p for part in parts for p in part]
-
-
-Quadratic = well_behaved.Quadratic
-Bowl = well_behaved.Bowl
 
 
 def _literature():

@@ -188,7 +188,7 @@ class LogisticRegression(base.Problem):
 
     result = optimize.minimize(value_and_grad, np.zeros(2 * n + 2), jac=True,
                                method="L-BFGS-B",
-                               options={"maxiter": 10000, "gtol": 1e-12, "ftol": 1e-15})
+                               options={"maxiter": 5000, "gtol": 1e-9, "ftol": 1e-14})
     theta = result.x
     return [theta[:2 * n].reshape(n, 2).astype(np.float32), theta[2 * n:].astype(np.float32)]
 
