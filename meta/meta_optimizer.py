@@ -5,9 +5,11 @@ Per element: non-finite meta-gradients are replaced by 0, then clipped to +-clip
 the *optimizer's own* weights, not the problem parameters; peers.md §1.3): the gradient of
 (l2 / 2) * ||theta||^2 is added before clipping.
 
-RMSProp follows TF1's `tf.train.RMSPropOptimizer` that the reference used: the mean-square
-slot starts at ONE (not zero), ms <- decay ms + (1 - decay) g^2, theta <- theta - lr g /
-sqrt(ms + eps). The slots are plain `tf.Variable`s, so the optimizer checkpoints with
+RMSProp as TF1's `tf.train.RMSPropOptimizer` that the reference used: ms <- decay ms +
+(1 - decay) g^2, theta <- theta - lr g / sqrt(ms + eps). Departure: TF1 starts the mean-square
+slot at ONE; with meta-gradients of ~1e-3 that shrinks the first ~50 meta-steps by ~1000x,
+harmless over the reference's weeks of training but it hides all progress in a CPU run of
+minutes, so the slot starts at zero (as Keras' RMSprop; the first step is lr * sqrt(10) * sign). The slots are plain `tf.Variable`s, so the optimizer checkpoints with
 `tf.train.Checkpoint` and runs unchanged on MirroredVariables or parameter-server variables.
 """
 
@@ -41,7 +43,7 @@ class MetaRMSProp(tf.Module):
     self.names = sorted(variables)
     with self.name_scope:
       self.mean_square = {
-          k: tf.Variable(tf.ones_like(variables[k]), trainable=False,
+          k: tf.Variable(tf.zeros_like(variables[k]), trainable=False,
                          name="ms__" + k.replace("/", "__")) for k in self.names}
 
   def clean(self, grads: Mapping[str, tf.Tensor], variables: Mapping[str, tf.Variable]):

@@ -240,14 +240,17 @@ class Trainer:
 
   Args:
     cluster_resolver: for parameter_server / multi_worker when not using TF_CONFIG (tests).
-    stop_after: stop (with a checkpoint) after this many meta-steps of THIS process (tests).
+    strategy: an already built strategy (overrides options.strategy's construction).
+    problem_pool: Problem objects to sample from instead of options.problems.
   """
 
-  def __init__(self, options: Options, cluster_resolver=None, strategy=None):
+  def __init__(self, options: Options, cluster_resolver=None, strategy=None,
+               problem_pool: list | None = None):
     options.validate()
     self.options = options
     self.config = config_lib.get(options.config)
-    self.pool = resolve_problems(options.problems)
+    # problem_pool: explicit Problem objects instead of --problems (tests, custom ensembles).
+    self.pool = list(problem_pool) if problem_pool else resolve_problems(options.problems)
     self.problems_by_name = {p.name: p for p in self.pool}
     if strategy is None and options.strategy != "default":
       if cluster_resolver is None:
@@ -267,7 +270,9 @@ class Trainer:
     self.recorded = checkpoints.check_run_config(self.train_dir, self.config)
 
     if self.is_ps:
-      self.num_replicas = len(strategy.cluster_resolver.cluster_spec().as_dict()["worker"])
+      resolver = (cluster_resolver or strategy.cluster_resolver
+                  or tf.distribute.cluster_resolver.TFConfigClusterResolver())
+      self.num_replicas = len(resolver.cluster_spec().as_dict()["worker"])
     else:
       self.num_replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     self.sampler = Sampler(options, self.pool, self.num_replicas)
@@ -457,11 +462,9 @@ class Trainer:
     num_valid = int(strategy.reduce(tf.distribute.ReduceOp.SUM, valid, axis=None))
     if num_valid:
       self._apply({k: g / num_valid for k, g in grad_sum.items()})
-    local_outs = tf.nest.map_structure(lambda x: strategy.experimental_local_results(x), outs)
-    per_rid = {}
-    for index, rid in enumerate(local):
-      per_rid[rid] = tf.nest.map_structure(lambda x: x[index], local_outs,
-                                           check_types=False)
+    leaves = [strategy.experimental_local_results(x) for x in tf.nest.flatten(outs)]
+    per_rid = {rid: tf.nest.pack_sequence_as(outs, [leaf[index] for leaf in leaves])
+               for index, rid in enumerate(local)}
     return per_rid, num_valid
 
   def _info(self, problem, trajectory, outs, num_steps, elapsed, skipped) -> dict:

@@ -1,0 +1,369 @@
+"""Tests of the meta-training pipeline (issue 4): meta/ and train_meta.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import problems
+from learned_opt import config as config_lib
+from learned_opt import hrnn
+from meta import checkpoints
+from meta import meta_optimizer
+from meta import objective
+from meta import strategy as strategy_lib
+from meta import trainer as trainer_lib
+from meta import unroll as unroll_lib
+from meta import weights_io
+from problems.base import Problem, WELL_BEHAVED
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = config_lib.paper()
+QUAD = problems.get("quadratic_d25")
+BOWL = problems.get("bowl_k1")
+
+
+@pytest.fixture(scope="module")
+def unroller():
+  """One XLA unroller for the module, so each problem compiles once."""
+  return unroll_lib.Unroller(CONFIG, max_steps=64)
+
+
+def _carry(problem, seed=1, meta=None):
+  meta = meta or hrnn.MetaParams(CONFIG).as_dict()
+  data = unroll_lib.data_tensors(problem.sample_data(seed))
+  return meta, data, unroll_lib.start_carry(problem, meta, CONFIG, data, seed, [seed, 5])
+
+
+def _fast_options(train_dir, **overrides):
+  values = dict(train_dir=str(train_dir), problems="quadratic_d25", max_steps=10,
+                min_unroll_steps=10, unroll_steps_scale=10, max_unroll_steps=64,
+                num_unrolls_scale=2, checkpoint_every_secs=0)
+  values.update(overrides)
+  return trainer_lib.Options(**values)
+
+
+# --- the meta-objective ---------------------------------------------------------------------
+
+def test_meta_loss_matches_hand_computation():
+  """Eq. 14, reference form, against an eager step-by-step unroll with numpy logs."""
+  meta, data, carry = _carry(BOWL)
+  n = 6
+  eager = unroll_lib.Unroller(CONFIG, max_steps=16, mode="eager")
+  out = eager(BOWL, meta, carry, data, n, [3, 4], compute_gradients=False)
+  params, state, losses = list(carry.params), carry.state, []
+  for i in range(n):
+    loss, grads = BOWL.gradients(params, data,
+                                 tf.random.experimental.stateless_fold_in([3, 4], i))
+    losses.append(float(BOWL.full_loss(params, data)))
+    step = hrnn.step(meta, state, grads, CONFIG, hrnn.Layout(BOWL.param_shapes()))
+    params, state = [p - u for p, u in zip(params, step.updates)], step.state
+  f0 = float(carry.initial_loss)
+  by_hand = np.mean([np.log(f / (f0 + 1e-6) + 1e-6) for f in [losses[0]] + losses])
+  assert objective.meta_loss_numpy(losses, f0) == pytest.approx(by_hand, rel=1e-12)
+  assert float(out.meta_loss) == pytest.approx(by_hand, rel=1e-5, abs=1e-7)
+  assert int(out.steps) == n
+  np.testing.assert_allclose(out.carry.params[0], params[0], rtol=1e-5, atol=1e-7)
+
+
+def test_log_relative_loss_epsilons():
+  assert float(objective.log_relative_loss(0.0, 1.0)) == pytest.approx(np.log(1e-6))
+  assert float(objective.log_relative_loss(2.0, 2.0)) == pytest.approx(
+      np.log(2.0 / (2.0 + 1e-6) + 1e-6), rel=1e-6)
+
+
+# --- meta-gradients ---------------------------------------------------------------------------
+
+def test_meta_gradient_finite_nonzero_and_xla_matches_function(unroller):
+  meta, data, carry = _carry(QUAD)
+  out = unroller(QUAD, meta, carry, data, 20, [1, 2])
+  assert set(out.meta_grads) == set(meta)
+  norms = {k: float(tf.norm(g)) for k, g in out.meta_grads.items()}
+  assert all(np.isfinite(v) for v in norms.values())
+  assert sum(norms.values()) > 0
+  # The step-length offset always matters for the loss.
+  assert norms["log_step_offset"] > 0
+  function = unroll_lib.Unroller(CONFIG, max_steps=64, mode="function")
+  ref = function(QUAD, meta, carry, data, 20, [1, 2])
+  assert float(out.meta_loss) == pytest.approx(float(ref.meta_loss), rel=1e-4)
+  np.testing.assert_allclose(out.meta_grads["log_step_offset"],
+                             ref.meta_grads["log_step_offset"], rtol=1e-3)
+
+
+def test_second_derivatives_flag_changes_the_gradient(unroller):
+  meta, data, carry = _carry(QUAD)
+  first_order = unroll_lib.Unroller(CONFIG, max_steps=64, second_derivatives=False)
+  with_second = unroller(QUAD, meta, carry, data, 20, [1, 2])
+  without = first_order(QUAD, meta, carry, data, 20, [1, 2])
+  assert float(with_second.meta_loss) == pytest.approx(float(without.meta_loss), rel=1e-5)
+  diff = sum(float(tf.norm(with_second.meta_grads[k] - without.meta_grads[k])) for k in meta)
+  assert diff > 1e-6 * sum(float(tf.norm(g)) for g in with_second.meta_grads.values())
+
+
+def test_dynamic_trip_count_one_compilation(unroller):
+  """Different unroll lengths reuse the compiled function (no retracing per length)."""
+  meta, data, carry = _carry(QUAD)
+  fn = unroller.function_for(QUAD)
+  for n in (5, 17, 40):
+    out = unroller(QUAD, meta, carry, data, n, [1, 2])
+    assert int(out.steps) == n
+  assert fn.experimental_get_tracing_count() == 1
+
+
+def test_rmsprop_cleans_gradients():
+  variables = {"a": tf.Variable([1.0, 2.0, 3.0]), "log_step_offset": tf.Variable(-1.0)}
+  opt = meta_optimizer.MetaRMSProp(variables, 0.1, clip=5.0, l2=0.5)
+  cleaned = opt.clean({"a": tf.constant([np.nan, np.inf, 100.0]),
+                       "log_step_offset": tf.constant(0.0)}, variables)
+  np.testing.assert_allclose(cleaned["a"], [0.5, 1.0, 5.0])   # NaN/Inf -> 0, + l2 * a, clip
+  assert float(cleaned["log_step_offset"]) == 0.0             # excluded from L2
+  opt.apply({"a": tf.constant([1.0, 0.0, 0.0]), "log_step_offset": tf.constant(0.0)}, variables)
+  assert np.all(np.isfinite(variables["a"].numpy()))
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def test_short_meta_training_lowers_the_meta_loss(tmp_path):
+  options = _fast_options(tmp_path / "run", problems="quadratic_d25,bowl_k1", max_steps=40,
+                          min_unroll_steps=20, num_unrolls_scale=3, meta_learning_rate=3e-3)
+  trainer = trainer_lib.Trainer(options)
+  evaluation = [QUAD, BOWL]
+
+  def evaluate():
+    return trainer_lib.evaluate(trainer.meta.as_dict(), evaluation, [1, 2, 3], 40,
+                                trainer.config, unroller=trainer.unroller)
+  before = evaluate()
+  trainer.run()
+  after = evaluate()
+  assert trainer.step == 40
+  assert after < before - 1e-4, (before, after)
+  history = checkpoints.read_history(tmp_path / "run")
+  assert [int(r["step"]) for r in history] == list(range(1, 41))
+  assert len(list((tmp_path / "run" / "summaries").iterdir())) == 1
+  assert json.loads((tmp_path / "run" / "run_config.json").read_text())["config"] == \
+      CONFIG.to_dict()
+
+
+class _SqrtProblem(Problem):
+  """sum(sqrt(p)) from p = 0.5: the optimizer drives p below 0, the loss becomes NaN."""
+
+  def __init__(self):
+    super().__init__("test_sqrt_diverges", family=WELL_BEHAVED)
+
+  def param_shapes(self):
+    return [(4,)]
+
+  def init_params(self, seed):
+    return [np.full((4,), 0.5, np.float32)]
+
+  def objective(self, params, batch):
+    return tf.reduce_sum(tf.sqrt(params[0]))
+
+
+def test_diverging_problem_ends_trajectory_without_poisoning(tmp_path):
+  options = _fast_options(tmp_path / "nan", max_steps=3, min_unroll_steps=60,
+                          unroll_steps_scale=0, num_unrolls_scale=5, lr_min=0.05, lr_max=0.5)
+  trainer = trainer_lib.Trainer(options, problem_pool=[_SqrtProblem()])
+  before = {k: v.numpy() for k, v in trainer.meta.variables_by_name.items()}
+  info = trainer.train_step()
+  assert info["skipped"] == 1 and not np.isfinite(info["meta_loss"])
+  assert info["steps"] == 60
+  after = {k: v.numpy() for k, v in trainer.meta.variables_by_name.items()}
+  for k in before:
+    np.testing.assert_array_equal(before[k], after[k])
+  # The trajectory is over: the next meta-step starts a fresh one.
+  assert trainer.trajectory.unroll_index == trainer.trajectory.num_unrolls
+  trainer.train_step()
+  assert trainer.trajectory.unroll_index == 1
+  assert all(np.all(np.isfinite(v.numpy())) for v in trainer.meta.variables_by_name.values())
+
+
+# --- checkpoints, resume, export, bad input ------------------------------------------------
+
+def _run_script(args, **kwargs):
+  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.Popen([sys.executable, str(REPO / "train_meta.py")] + args, cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, **kwargs)
+
+
+def _meta_from_checkpoint(train_dir):
+  trainer = trainer_lib.Trainer(_fast_options(train_dir, max_steps=0))
+  return trainer.step, {k: v.numpy() for k, v in trainer.meta.variables_by_name.items()}
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+  """Kill -9 a run mid-way, resume it, compare with an uninterrupted run bit for bit."""
+  total = 60
+  common = ["--problems", "quadratic_d25", "--min_unroll_steps", "10", "--unroll_steps_scale",
+            "10", "--max_unroll_steps", "64", "--num_unrolls_scale", "2",
+            "--checkpoint_every_secs", "0", "--checkpoint_every_steps", "3",
+            "--max_steps", str(total)]
+  killed_dir = tmp_path / "killed"
+  proc = _run_script(["--train_dir", str(killed_dir)] + common)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    latest = tf.train.latest_checkpoint(str(killed_dir / "checkpoints"))
+    if latest and int(latest.rsplit("-", 1)[1]) >= 6:
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "run finished before it could be killed:\n" + proc.stdout.read()
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = int(tf.train.latest_checkpoint(str(killed_dir / "checkpoints")).rsplit("-")[-1])
+  assert killed_at < total
+  resumed = _run_script(["--train_dir", str(killed_dir)] + common)
+  output = resumed.communicate(timeout=300)[0]
+  assert resumed.returncode == 0, output
+  assert f"restored" in output
+
+  straight = trainer_lib.Trainer(_fast_options(
+      tmp_path / "straight", max_steps=total, checkpoint_every_steps=3))
+  straight.run()
+  step, resumed_meta = _meta_from_checkpoint(killed_dir)
+  assert step == total
+  for k, v in straight.meta.variables_by_name.items():
+    np.testing.assert_array_equal(resumed_meta[k], v.numpy(), err_msg=k)
+  rows = checkpoints.read_history(killed_dir)
+  assert [int(r["step"]) for r in rows] == list(range(1, total + 1))
+  straight_rows = checkpoints.read_history(tmp_path / "straight")
+  assert [r["meta_loss"] for r in rows] == [r["meta_loss"] for r in straight_rows]
+
+
+def test_export_loads_in_learned_optimizer(tmp_path, monkeypatch):
+  from learned_opt import optimizer as optimizer_lib
+  trainer = trainer_lib.Trainer(_fast_options(tmp_path / "run", max_steps=2,
+                                              export=str(tmp_path / "w.npz")))
+  trainer.run()
+  loaded = weights_io.load(tmp_path / "w.npz")
+  assert loaded.provenance["meta_steps"] == 2
+  assert loaded.provenance["options"]["problems"] == "quadratic_d25"
+  assert "git_commit" in loaded.provenance and loaded.provenance["wall_time_secs"] > 0
+  # learned_opt/weights/ (a package) shadows learned_opt/weights.py, so optimizer.py's
+  # `weights_lib` lacks load(); patch it to the real module until learned_opt fixes that.
+  if not hasattr(optimizer_lib.weights_lib, "load"):
+    monkeypatch.setattr(optimizer_lib, "weights_lib", weights_io.weights)
+  opt = optimizer_lib.LearnedOptimizer(weights=str(tmp_path / "w.npz"))
+  for k, v in trainer.meta.variables_by_name.items():
+    np.testing.assert_array_equal(opt._meta_values[k], v.numpy())
+  # Export-only from the train_dir via the script.
+  proc = _run_script(["--train_dir", str(tmp_path / "run"), "--export",
+                      str(tmp_path / "w2.npz"), "--export_only"])
+  output = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, output
+  assert weights_io.load(tmp_path / "w2.npz").provenance["meta_steps"] == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"strategy": "nccl"}, "--strategy"),
+    ({"config": "fancy"}, "--config"),
+    ({"problems": "no_such_problem"}, "unknown problem"),
+    ({"lr_min": 1e-2, "lr_max": 1e-6}, "--lr_min"),
+    ({"max_unroll_steps": 5}, "--max_unroll_steps"),
+    ({"train_dir": ""}, "--train_dir"),
+])
+def test_bad_options_fail_up_front(tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    trainer_lib.Trainer(_fast_options(tmp_path / "x", **overrides))
+  assert not (tmp_path / "x").exists()
+
+
+def test_non_writable_train_dir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(ValueError, match="not a writable directory"):
+    trainer_lib.Trainer(_fast_options(blocker / "run"))
+
+
+def test_train_dir_with_other_config_is_refused(tmp_path):
+  trainer_lib.Trainer(_fast_options(tmp_path / "run", max_steps=1)).run()
+  recorded = (tmp_path / "run" / "run_config.json").read_text()
+  listing = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+  with pytest.raises(ValueError, match="different optimizer config"):
+    trainer_lib.Trainer(_fast_options(tmp_path / "run", config="stable"))
+  assert (tmp_path / "run" / "run_config.json").read_text() == recorded
+  assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == listing
+  proc = _run_script(["--train_dir", str(tmp_path / "run"), "--config", "stable"])
+  output = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 2 and "different optimizer config" in output
+
+
+def test_script_rejects_unknown_strategy(tmp_path):
+  proc = _run_script(["--train_dir", str(tmp_path / "r"), "--strategy", "tpu"])
+  output = proc.communicate(timeout=120)[0]
+  assert proc.returncode != 0 and "strategy" in output
+  assert not (tmp_path / "r").exists()
+
+
+def test_cluster_strategies_need_tf_config(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(ValueError, match="TF_CONFIG"):
+    strategy_lib.check_cluster("multi_worker")
+  monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]},
+                                              "task": {"type": "worker", "index": 0}}))
+  with pytest.raises(ValueError, match="'ps'"):
+    strategy_lib.check_cluster("parameter_server")
+
+
+# --- strategies -----------------------------------------------------------------------------
+
+def _helper(kind, train_dir, steps, timeout=400):
+  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, str(REPO / "tests" / "meta_strategy_helper.py"), kind,
+                         str(train_dir), str(steps)], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_two_logical_cpus(tmp_path):
+  result = _helper("mirrored", tmp_path / "mirrored", 4)
+  assert result == {**result, "step": 4, "replicas": 2, "finite": True, "changed": True}
+  assert result["checkpoint"].endswith("ckpt-4")
+
+
+@pytest.mark.slow
+def test_parameter_server_local_cluster(tmp_path):
+  result = _helper("parameter_server", tmp_path / "ps", 4)
+  assert result["step"] >= 4 and result["replicas"] == 2
+  assert result["finite"] and result["changed"]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes(tmp_path):
+  workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+  procs = []
+  for index in range(2):
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
+               TF_CONFIG=json.dumps({"cluster": {"worker": workers},
+                                     "task": {"type": "worker", "index": index}}))
+    procs.append(subprocess.Popen(
+        [sys.executable, str(REPO / "train_meta.py"), "--train_dir", str(tmp_path / "mw"),
+         "--strategy", "multi_worker", "--problems", "quadratic_d25", "--max_steps", "4",
+         "--min_unroll_steps", "10", "--unroll_steps_scale", "10", "--max_unroll_steps", "64",
+         "--checkpoint_every_steps", "2", "--checkpoint_every_secs", "0"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-4000:]
+  rows = checkpoints.read_history(tmp_path / "mw")
+  assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+  assert all(int(r["replicas"]) == 1 for r in rows)  # local replicas reported by the chief
+  assert tf.train.latest_checkpoint(str(tmp_path / "mw" / "checkpoints")).endswith("ckpt-4")
