@@ -119,6 +119,14 @@ def open_imagenet(data_dir: str | None, num_classes: int):
   if missing:
     raise DataError(f"--data_dir={data_dir}: {len(missing)} train shard(s) listed in "
                     f"dataset_info.json are missing, e.g. {missing[0]}")
+  # The shards hold every serialized example plus per-record framing, so together they are at
+  # least num_bytes long; shorter means a truncated copy (checked without reading them).
+  recorded_bytes = splits["train"].num_bytes
+  actual_bytes = sum(tf.io.gfile.stat(str(p)).length for p in splits["train"].filepaths)
+  if recorded_bytes and actual_bytes < recorded_bytes:
+    raise DataError(f"--data_dir={data_dir}: the train shards in {builder.data_dir} hold "
+                    f"{actual_bytes} bytes but dataset_info.json records {recorded_bytes}: "
+                    "truncated or incomplete copy")
   _check_readable(builder, num_classes)
   return builder
 

@@ -20,7 +20,6 @@ applied its own batch-32 gradient), so it is scaled with the global batch size r
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -31,13 +30,13 @@ from typing import Any
 
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from experiments import distribute
 from experiments import imagenet_data
 from experiments import imagenet_models
+from experiments import run_files
 
 OPTIMIZERS = ("learned", "rmsprop", "adam")
 LR_SCALINGS = ("linear", "sqrt", "none")
@@ -50,9 +49,8 @@ RMSPROP_EPSILON = 1.0
 RMSPROP_DECAY_RATE = 0.94
 RMSPROP_DECAY_EPOCHS = 2.0
 
-CSV_NAME = "losses.csv"
-CSV_FIELDS = ("step", "loss", "wall_time", "lr", "cross_entropy")
-RUN_CONFIG_NAME = "run_config.json"
+CSV_NAME = run_files.CSV_NAME
+RUN_CONFIG_NAME = run_files.RUN_CONFIG_NAME
 CHECKPOINT_SUBDIR = "checkpoints"
 TENSORBOARD_SUBDIR = "tensorboard"
 
@@ -194,41 +192,6 @@ def check_train_dir(config: RunConfig, data_iterator_in_checkpoint: bool) -> boo
                      f"to resume it with: " + "; ".join(differences)
                      + ". Use a new --train_dir or the recorded flags.")
   return True
-
-
-def _write_json_atomically(path: str, payload: dict[str, Any]) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
-class LossLog:
-  """Appends one CSV row per training step; on resume, drops rows past the restored step."""
-
-  def __init__(self, path: str, restored_step: int):
-    self.path = path
-    rows = []
-    if os.path.exists(path):
-      with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= restored_step]
-    # Rewrite (atomically) so rows logged after the last checkpoint by an interrupted run are
-    # replaced by the resumed run's instead of duplicated.
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-      writer = csv.DictWriter(f, CSV_FIELDS)
-      writer.writeheader()
-      writer.writerows(rows)
-    os.replace(tmp, path)
-    self._file = open(path, "a", newline="")  # pylint: disable=consider-using-with
-    self._writer = csv.DictWriter(self._file, CSV_FIELDS)
-
-  def append(self, **row) -> None:
-    self._writer.writerow(row)
-    self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
 
 
 # ---- optimizer and step ---------------------------------------------------------------------
@@ -382,7 +345,7 @@ def train(config: RunConfig) -> dict[str, Any]:
                                 split_batches=not multi_worker and replicas > 1)
 
   if chief and not resuming:
-    _write_json_atomically(os.path.join(config.train_dir, RUN_CONFIG_NAME), {
+    run_files.write_json_atomically(os.path.join(config.train_dir, RUN_CONFIG_NAME), {
         "identity": _identity(config, data_iterator_in_checkpoint),
         "run": dataclasses.asdict(config),
         "derived": {"initial_learning_rate": config.scaled_learning_rate(),
@@ -394,7 +357,7 @@ def train(config: RunConfig) -> dict[str, Any]:
                     "parameters": int(model.count_params()),
                     "tensorflow": tf.__version__, "keras": keras.__version__},
     })
-  loss_log = LossLog(os.path.join(config.train_dir, CSV_NAME), start_step) if chief else None
+  loss_log = run_files.LossLog(os.path.join(config.train_dir, CSV_NAME), start_step) if chief else None
   writer = (tf.summary.create_file_writer(os.path.join(config.train_dir, TENSORBOARD_SUBDIR))
             if chief else tf.summary.create_noop_file_writer())
 
@@ -482,12 +445,3 @@ def _make_train_step(strategy, model, optimizer, step, config: RunConfig, split_
             strategy.reduce(total, cross_entropy, axis=None), lr)
 
   return train_step
-
-
-def read_losses(train_dir: str) -> dict[str, np.ndarray]:
-  """The columns of train_dir/losses.csv as float arrays (step as int)."""
-  with open(os.path.join(train_dir, CSV_NAME), newline="") as f:
-    rows = list(csv.DictReader(f))
-  out = {k: np.array([float(r[k]) for r in rows]) for k in CSV_FIELDS}
-  out["step"] = out["step"].astype(np.int64)
-  return out
