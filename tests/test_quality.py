@@ -1,0 +1,154 @@
+"""Tests of the quality benchmark (benchmarks/quality.py) and the demonstration (demo.py).
+
+Fast: the benchmark runs in-process without XLA for a few steps; the metrics are checked on
+hand-made curves.
+"""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import quality
+from benchmarks import tasks as tasks_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("losses, diverged", [
+    ([2.0, 1.0, 0.5], False),
+    ([2.0, 19.9, 0.5], False),          # up, but not above 10x the initial loss
+    ([2.0, 20.1, 0.5], True),           # above 10x, even if it recovers
+    ([2.0, 1.0, NAN], True),
+    ([2.0, INF], True),
+    ([NAN], True),
+    ([], False),
+])
+def test_divergence(losses, diverged):
+  assert bool(quality.divergence(losses)) == diverged
+
+
+def test_divergence_names_the_reason():
+  assert "non-finite" in quality.divergence([1.0, NAN])
+  assert "10 x initial" in quality.divergence([1.0, 11.0])
+
+
+@pytest.mark.parametrize("target, expected", [
+    (0.2, 20),            # reached exactly at step 20
+    (0.3, 20),            # first recorded step at or below the target
+    (1.0, 0),
+    (0.05, None),         # never
+    (NAN, None),          # the reference diverged: nothing to reach
+])
+def test_steps_to_reach(target, expected):
+  steps, losses = [0, 10, 20, 30], [1.0, 0.5, 0.2, 0.1]
+  assert quality.steps_to_reach(steps, losses, target) == expected
+
+
+def test_steps_to_reach_skips_non_finite():
+  assert quality.steps_to_reach([0, 10, 20], [1.0, NAN, 0.1], 0.5) == 20
+
+
+def test_summary_picks_best_finite_tuned_adam():
+  def run(label, family, lr, losses):
+    return {"optimizer": label, "family": family, "learning_rate": lr, "steps": [0, 5, 10],
+            "losses": losses, "final_loss": losses[-1], "diverged": quality.divergence(losses)}
+  runs = [run("learned:x", "learned:x", 1e-3, [1.0, 0.3, 0.1]),
+          run("Adam(0.002)", "adam", 2e-3, [1.0, 0.5, 0.2]),
+          *(run(quality.adam_label(lr), "adam", lr, [1.0, 0.9, 1.0 - lr])
+            for lr in quality.TUNED_ADAM_LRS[:-1]),
+          run(quality.adam_label(0.1), "adam", 0.1, [1.0, NAN, NAN]),
+          run("RMSProp(0.01)", "rmsprop", 1e-2, [1.0, 0.6, 0.4])]
+  summary = quality.summarize(runs, ["learned:x"])
+  assert summary["tuned_adam"]["learning_rate"] == pytest.approx(quality.TUNED_ADAM_LRS[-2])
+  assert summary["steps_to_reach_adam_2e-3"]["learned:x"] == 10
+  assert summary["diverged"]["Adam(0.1)"] and not summary["diverged"]["learned:x"]
+
+
+def test_batch_order_is_reshuffled_epochs_from_the_seed():
+  order = quality.batch_order(10, 4, 5, seed=3)
+  assert order.shape == (5, 4)
+  flat = order.ravel()
+  assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+  np.testing.assert_array_equal(order, quality.batch_order(10, 4, 5, seed=3))
+  assert not np.array_equal(order, quality.batch_order(10, 4, 5, seed=4))
+
+
+@pytest.mark.parametrize("name", sorted(tasks_lib.BUILDERS))
+def test_task_loss_is_finite_at_init(name):
+  task = tasks_lib.get(name)
+  loss = task.loss(task.init, task.x_train[:16], task.y_train[:16])
+  assert math.isfinite(float(loss))
+
+
+def test_trainer_reset_reproduces_a_fresh_run():
+  """Runs of one family share a compiled loop; each must equal a run on a new trainer."""
+  task = tasks_lib.get("logreg_breast_cancer")
+  order = quality.batch_order(len(task.x_train), None, 6, seed=0)
+
+  def trainer():
+    return quality.Trainer(task.init, task.loss, task.x_train, task.y_train, None,
+                           quality.ADAM, chunk=2, jit=False)
+  shared = trainer()
+  shared.run(1e-1, order)
+  again = shared.run(1e-2, order)
+  fresh = trainer().run(1e-2, order)
+  np.testing.assert_allclose(again["losses"], fresh["losses"], rtol=1e-6)
+  assert again["steps"] == [0, 2, 4, 6]
+
+
+def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
+  options = quality.Options(weights=[None], steps=6, tasks=["logreg_breast_cancer"],
+                            curve_points=3, jit=False, out=str(tmp_path))
+  quality.run(options)
+  for name in ("quality.md", "quality.json", "quality.png"):
+    assert (tmp_path / name).stat().st_size > 0, name
+  table = (tmp_path / "quality.md").read_text()
+  assert "| logreg_breast_cancer | 6 |" in table and "learned:untrained" in table
+  saved = json.loads((tmp_path / "quality.json").read_text())
+  task = saved["tasks"][0]
+  labels = {r["optimizer"] for r in task["runs"]}
+  assert {"learned:untrained", "Adam(0.002)", "RMSProp(0.01)"} <= labels
+  assert len([r for r in task["runs"] if r["family"] == "adam"]) == 8   # 2e-3 + 7 tuned
+  assert len({r["losses"][0] for r in task["runs"]}) == 1               # same initialisation
+  assert task["runs"][0]["steps"] == [0, 2, 4, 6]
+  assert set(task["summary"]["steps_to_reach_adam_2e-3"]) == {"learned:untrained"}
+
+
+def test_quick_fig5_table_and_plot(tmp_path):
+  # Baselines only: tracing the learned optimizer's loop again would double the test time.
+  options = quality.Options(weights=[], steps=4, tasks=["quadratic_lr"], curve_points=2,
+                            jit=False, out=str(tmp_path))
+  results = quality.run(options)
+  assert (tmp_path / "quality_lr.png").stat().st_size > 0
+  runs = results["quadratic_lr"]["runs"]
+  assert [r["learning_rate"] for r in runs] == list(quality.FIG5_LRS) * 2
+  table = (tmp_path / "quality.md").read_text()
+  assert "| Adam |" in table and "| RMSProp |" in table
+  # Larger initial learning rates make more progress in 4 steps.
+  adam = [r["final_loss"] for r in runs if r["family"] == "adam"]
+  assert adam == sorted(adam, reverse=True)
+
+
+def test_missing_weights_fail_before_training(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    quality.run(quality.Options(weights=[str(tmp_path / "missing.npz")], out=str(tmp_path)))
+
+
+def test_demo_runs_one_epoch_untrained(tmp_path, capsys):
+  sys.path.insert(0, REPO)
+  try:
+    import demo
+  finally:
+    sys.path.remove(REPO)
+  out = tmp_path / "demo.png"
+  results = demo.run(weights=None, epochs=1, out=str(out))
+  assert out.stat().st_size > 0
+  assert set(results) == {"LearnedOptimizer(untrained)", "Adam(2e-3)"}
+  for history in results.values():
+    assert len(history["loss"]) == 1 and math.isfinite(history["loss"][0])
+  assert "| 1 |" in capsys.readouterr().out
