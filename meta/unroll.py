@@ -156,6 +156,9 @@ def unroll(problem, meta: Mapping[str, tf.Tensor], carry: Carry, data, num_steps
       log_lr_min=tf.reduce_min(log_lr), log_lr_max=tf.reduce_max(log_lr))
 
 
+_COMPILED: dict[tuple, Callable] = {}
+
+
 class Unroller:
   """Caches one compiled unroll function per problem name (and mode).
 
@@ -176,19 +179,23 @@ class Unroller:
     self.max_steps = int(max_steps)
     self.second_derivatives = bool(second_derivatives)
     self.mode = mode
-    self._cache: dict[tuple[str, bool], Callable] = {}
+    self._names: set = set()
 
   def function_for(self, problem, compute_gradients: bool = True) -> Callable:
-    key = (problem.name, compute_gradients)
-    if key not in self._cache:
+    # Process-wide cache: every Unroller with the same settings (trainers, evaluation,
+    # tests) shares one compiled function per problem name.
+    key = (self.config.to_json(), self.max_steps, self.second_derivatives, self.mode,
+           problem.name, compute_gradients)
+    self._names.add(problem.name)
+    if key not in _COMPILED:
       def fn(meta, carry, data, num_steps, seed):
         return unroll(problem, meta, carry, data, num_steps, seed, self.config,
                       max_steps=self.max_steps, second_derivatives=self.second_derivatives,
                       compute_gradients=compute_gradients)
       if self.mode != "eager":
         fn = tf.function(fn, jit_compile=self.mode == "xla", reduce_retracing=False)
-      self._cache[key] = fn
-    return self._cache[key]
+      _COMPILED[key] = fn
+    return _COMPILED[key]
 
   def __call__(self, problem, meta, carry: Carry, data, num_steps, seed,
                compute_gradients: bool = True) -> UnrollOutput:
@@ -197,7 +204,8 @@ class Unroller:
               tf.constant(seed, tf.int32))
 
   def __len__(self):
-    return len(self._cache)
+    """Number of problems this unroller has run (each compiled once per process)."""
+    return len(self._names)
 
 
 def data_tensors(data: Mapping[str, np.ndarray]) -> dict[str, tf.Tensor]:
