@@ -300,6 +300,7 @@ class Trainer:
     self._apply = tf.function(lambda grads: self.optimizer.apply(
         grads, self.meta.variables_by_name))
     self._ps_functions: dict[str, Any] = {}
+    self._data_cache: dict[tuple, dict] = {}
     self._restore()
 
   # --- bookkeeping ----------------------------------------------------------------------
@@ -313,9 +314,7 @@ class Trainer:
 
   def _restore(self) -> None:
     latest = self.manager.latest_checkpoint
-    if self.chief and latest is None and self.options.strategy == "multi_worker":
-      latest = None
-    if latest is None and not self.chief:
+    if not self.chief:  # non-chief workers of a multi-worker run restore the chief's.
       latest = tf.train.latest_checkpoint(str(self.train_dir / "checkpoints"))
     if latest is not None:
       self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -359,11 +358,9 @@ class Trainer:
         if sub:
           trajectory.carries[rid] = unroll_lib.carry_from_numpy(
               sub, len(problem.param_shapes()))
-      # A worker of a multi-worker run may lack its replicas' carries (only the chief's
-      # checkpoint is kept): such a trajectory restarts from a fresh start (documented).
-      if trajectory.carries and not all(r in trajectory.carries for r in self._local_ids):
-        trajectory.unroll_index = 0
-        trajectory.carries = {}
+      # A worker of a multi-worker run lacks its replicas' carries (only the chief's
+      # checkpoint is kept): train_step restarts those replicas from fresh parameters and
+      # state, keeping the shared schedule so that all workers stay in step (documented).
       restored.append(trajectory)
     if self.is_ps:
       self.slots = restored
@@ -382,7 +379,13 @@ class Trainer:
   # --- one synchronous meta-step --------------------------------------------------------
 
   def _data(self, problem, seed):
-    return unroll_lib.data_tensors(problem.sample_data(int(seed)))
+    """An instance's data as tensors, cached while the trainer stays on that instance."""
+    key = (problem.name, int(seed))
+    if key not in self._data_cache:
+      if len(self._data_cache) > 4 * self.num_replicas:
+        self._data_cache.clear()
+      self._data_cache[key] = unroll_lib.data_tensors(problem.sample_data(int(seed)))
+    return self._data_cache[key]
 
   def _start(self, trajectory: Trajectory, previous: Trajectory | None, rid: int):
     problem = self.problems_by_name[trajectory.problem]
@@ -408,9 +411,11 @@ class Trainer:
     problem = self.problems_by_name[trajectory.problem]
     num_steps = self.sampler.unroll_steps()
     seeds = self.sampler.step_seeds()
-    if trajectory.unroll_index == 0 or not trajectory.carries:
-      trajectory.carries = {rid: self._start(trajectory, previous, rid)
-                            for rid in self._local_ids}
+    if trajectory.unroll_index == 0:
+      trajectory.carries = {}
+    for rid in self._local_ids:
+      if rid not in trajectory.carries:
+        trajectory.carries[rid] = self._start(trajectory, previous, rid)
     datas = {rid: self._data(problem, trajectory.data_seeds[rid]) for rid in self._local_ids}
     start = time.perf_counter()
     if self.strategy is None:
@@ -450,18 +455,25 @@ class Trainer:
     unroller = self.unroller
     meta_vars = self.meta.variables_by_name
 
+    names = sorted(meta_vars)
+    shapes = [meta_vars[k].shape for k in names]
+
     def replica_fn(carry, data, seed):
       meta = {k: v.read_value() for k, v in meta_vars.items()}
       out = unroller.function_for(problem)(meta, carry, data, tf.constant(num_steps), seed)
       valid = out.finite
-      grads = {k: tf.where(valid, g, tf.zeros_like(g)) for k, g in out.meta_grads.items()}
-      return out._replace(meta_grads={}), grads, tf.cast(valid, tf.float32)
+      # One flat vector [grads..., valid] per replica: a single all-reduce per meta-step.
+      flat = tf.concat([tf.reshape(out.meta_grads[k], [-1]) for k in names], axis=0)
+      flat = tf.where(valid, flat, tf.zeros_like(flat))
+      flat = tf.concat([flat, tf.reshape(tf.cast(valid, tf.float32), [1])], axis=0)
+      return out._replace(meta_grads={}), flat
 
-    outs, grads, valid = strategy.run(replica_fn, args=(carries, datas_d, seeds_d))
-    grad_sum = strategy.reduce(tf.distribute.ReduceOp.SUM, grads, axis=None)
-    num_valid = int(strategy.reduce(tf.distribute.ReduceOp.SUM, valid, axis=None))
+    outs, flat = strategy.run(replica_fn, args=(carries, datas_d, seeds_d))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, flat, axis=None)
+    num_valid = int(round(float(total[-1])))
     if num_valid:
-      self._apply({k: g / num_valid for k, g in grad_sum.items()})
+      parts = tf.split(total[:-1], [int(np.prod(s)) for s in shapes])
+      self._apply({k: tf.reshape(p, s) / num_valid for k, p, s in zip(names, parts, shapes)})
     leaves = [strategy.experimental_local_results(x) for x in tf.nest.flatten(outs)]
     per_rid = {rid: tf.nest.pack_sequence_as(outs, [leaf[index] for leaf in leaves])
                for index, rid in enumerate(local)}
@@ -600,7 +612,7 @@ class Trainer:
     if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
       # Every worker must take part in a save: agree on the decision (any worker's clock).
       flag = self.strategy.run(lambda: tf.constant(float(bool(want))))
-      want = float(self.strategy.reduce(tf.distribute.ReduceOp.MAX, flag, axis=None)) > 0
+      want = float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, flag, axis=None)) > 0
     return bool(want)
 
   def _summaries(self, writer, info) -> None:
