@@ -23,9 +23,11 @@ STRATEGIES = ("one_device", "mirrored", "multi_worker")
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
   """The tf.distribute strategy called `name` (one of STRATEGIES)."""
-  gpus = tf.config.list_logical_devices("GPU")
+  # Physical, not logical, devices: listing logical ones starts the runtime, after which
+  # MultiWorkerMirroredStrategy can no longer configure its collective ops.
+  gpus = tf.config.list_physical_devices("GPU")
   if name == "one_device":
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
   if name == "multi_worker":

@@ -260,8 +260,21 @@ def train(config: RunConfig) -> dict[str, Any]:
     TrainingDiverged: the loss became non-finite (the last checkpoint is left intact).
   """
   config = config.resolved()
-  os.makedirs(config.train_dir, exist_ok=True)
   multi_worker = config.strategy == "multi_worker"
+  if multi_worker and config.manual_dir:
+    raise SetupError("--manual_dir with --strategy=multi_worker: prepare the TFRecords once "
+                     "(tfds build imagenet2012 --manual_dir=...) before starting the workers")
+  try:
+    # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
+    strategy = distribute.make_strategy(config.strategy)
+  except ValueError as e:
+    raise SetupError(str(e)) from e
+  replicas = strategy.num_replicas_in_sync
+  if config.global_batch_size % replicas:
+    raise SetupError(f"--global_batch_size={config.global_batch_size} is not divisible by the "
+                     f"{replicas} replicas of --strategy={config.strategy}")
+  chief = distribute.is_chief(strategy)
+  os.makedirs(config.train_dir, exist_ok=True)
   data_iterator_in_checkpoint = config.checkpoint_input_pipeline and not multi_worker
   resuming = check_train_dir(config, data_iterator_in_checkpoint)
 
@@ -274,16 +287,6 @@ def train(config: RunConfig) -> dict[str, Any]:
     except imagenet_data.DataError as e:
       raise SetupError(str(e)) from e
   steps_per_epoch = _steps_per_epoch(config, builder)
-
-  try:
-    strategy = distribute.make_strategy(config.strategy)
-  except ValueError as e:
-    raise SetupError(str(e)) from e
-  replicas = strategy.num_replicas_in_sync
-  if config.global_batch_size % replicas:
-    raise SetupError(f"--global_batch_size={config.global_batch_size} is not divisible by the "
-                     f"{replicas} replicas of --strategy={config.strategy}")
-  chief = distribute.is_chief(strategy)
 
   keras.utils.set_random_seed(config.seed)
   previous_policy = keras.mixed_precision.global_policy()
