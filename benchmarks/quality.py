@@ -28,7 +28,8 @@ task), quality_lr.png (Fig. 5).
     python -m benchmarks.quality --weights default --weights /tmp/run.npz --steps 3000
     python -m benchmarks.quality --quick --tasks mlp_relu,quadratic_lr --out /tmp/q
 
-Each (task, optimizer family) compiles its loop once (XLA, `--nojit` to disable); the
+Each (task, optimizer family) compiles its loop once (XLA except for the ConvNets, whose
+convolutions run slower under XLA on CPU; `--jit on|off` to force); the
 runs of one family (the learning-rate sweep) reset the parameters and copy in the state of a
 freshly built optimizer instead of recompiling.
 """
@@ -69,7 +70,7 @@ class Options:
   seed: int = 0
   curve_points: int = 100
   quadratic_dim: int = 64
-  jit: bool = True
+  jit: bool | str = "auto"                         # True, False or "auto": per task
   out: str = "benchmarks/results"
 
 
@@ -232,6 +233,13 @@ class Trainer:
     return [v.numpy() for v in self.variables]
 
 
+def use_xla(jit: bool | str, task: tasks_lib.Task | None = None) -> bool:
+  """"auto": XLA unless the task says it runs slower with it (the ConvNets on CPU)."""
+  if jit == "auto":
+    return task is None or task.xla
+  return bool(jit)
+
+
 def chunk_size(steps: int, curve_points: int) -> int:
   return max(1, math.ceil(steps / max(1, curve_points)))
 
@@ -248,7 +256,7 @@ def run_task(task: tasks_lib.Task, steps: int, learned: Sequence[Family], option
 
   def family_runs(family, lrs):
     trainer = Trainer(task.init, task.loss, task.x_train, task.y_train, task.batch_size,
-                      family, chunk, options.jit)
+                      family, chunk, use_xla(options.jit, task))
     for lr in lrs:
       run = trainer.run(lr, order)
       run["test_accuracy"] = (task.accuracy(trainer.params(), task.x_test, task.y_test)
@@ -263,7 +271,8 @@ def run_task(task: tasks_lib.Task, steps: int, learned: Sequence[Family], option
   family_runs(ADAM, sorted({ADAM_LR, *TUNED_ADAM_LRS}))
   family_runs(RMSPROP, [RMSPROP_LR])
   return {"name": name, "description": task.description, "num_params": task.num_params,
-          "steps": steps, "batch_size": task.batch_size, "runs": runs,
+          "steps": steps, "batch_size": task.batch_size, "xla": use_xla(options.jit, task),
+          "runs": runs,
           "summary": summarize(runs, [f.key for f in learned])}
 
 
@@ -305,7 +314,8 @@ def run_quadratic_lr(learned: Sequence[Family], options: Options, steps: int) ->
   chunk = chunk_size(steps, options.curve_points)
   runs = []
   for family in (*learned, ADAM, RMSPROP):
-    trainer = Trainer(init, loss_fn, data["w"], data["y"], None, family, chunk, options.jit)
+    trainer = Trainer(init, loss_fn, data["w"], data["y"], None, family, chunk,
+                      use_xla(options.jit))
     for lr in FIG5_LRS:
       run = trainer.run(lr, order)
       runs.append(run)
@@ -515,7 +525,8 @@ def define_flags():
   flags.DEFINE_float("learning_rate", 1e-3, "LearnedOptimizer's initial step length.")
   flags.DEFINE_integer("seed", 0, "Data split, initialisation and minibatch order.")
   flags.DEFINE_integer("curve_points", 100, "Loss evaluations (whole training set) per run.")
-  flags.DEFINE_bool("jit", True, "Compile the training loops with XLA.")
+  flags.DEFINE_enum("jit", "auto", ["auto", "on", "off"], "Compile the training loops with "
+                    "XLA: auto = all but the ConvNets (XLA's CPU convolutions are slower).")
   flags.DEFINE_bool("quick", False, "Smoke run: few steps.")
   flags.DEFINE_string("out", "benchmarks/results", "Output directory.")
 
@@ -528,7 +539,8 @@ def main(argv):
       weights=[parse_weights(w) for w in weights],
       steps=FLAGS.steps or default_steps, long_steps=FLAGS.long_steps or default_long,
       long_task=FLAGS.long_task, tasks=FLAGS.tasks, learning_rate=FLAGS.learning_rate,
-      seed=FLAGS.seed, curve_points=FLAGS.curve_points, jit=FLAGS.jit, out=FLAGS.out))
+      seed=FLAGS.seed, curve_points=FLAGS.curve_points,
+      jit={"auto": "auto", "on": True, "off": False}[FLAGS.jit], out=FLAGS.out))
 
 
 if __name__ == "__main__":

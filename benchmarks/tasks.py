@@ -35,6 +35,7 @@ class Task:
     init: the initial parameters (float32), identical for every optimizer.
     logits: model output; [N, classes] (softmax) or [N] (binary, sigmoid).
     batch_size: minibatch size, or None for full-batch training.
+    xla: whether the training loop compiles faster-running with XLA (see benchmarks.quality).
   """
   name: str
   description: str
@@ -45,6 +46,7 @@ class Task:
   init: list[np.ndarray]
   logits: LogitsFn
   batch_size: int | None
+  xla: bool = True
 
   @property
   def binary(self) -> bool:
@@ -148,7 +150,9 @@ def conv(activation: str, seed: int, channels=(16, 32), batch_size=128) -> Task:
 
   return Task(f"conv_{activation}", f"ConvNet conv3x3x{c1}-pool-conv3x3x{c2}-pool-dense "
               f"{activation}, digits 8x8x1, batch {batch_size}", x_train, y_train, x_test,
-              y_test, init, logits, batch_size)
+              y_test, init, logits, batch_size,
+              # XLA's CPU convolutions (and their gradients) ran 4-10x slower than TF's here.
+              xla=False)
 
 
 def logistic_regression(seed: int) -> Task:
