@@ -40,7 +40,7 @@ class DataError(ValueError):
 
 
 def _tfds():
-  """tensorflow_datasets, imported on first use (it is slow to import and synthetic runs skip it)."""
+  """tensorflow_datasets, imported on first use (slow to import; synthetic runs skip it)."""
   try:
     import importlib_resources  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except ImportError as e:

@@ -360,7 +360,8 @@ def train(config: RunConfig) -> dict[str, Any]:
                     "parameters": int(model.count_params()),
                     "tensorflow": tf.__version__, "keras": keras.__version__},
     })
-  loss_log = run_files.LossLog(os.path.join(config.train_dir, CSV_NAME), start_step) if chief else None
+  loss_log = (run_files.LossLog(os.path.join(config.train_dir, CSV_NAME), start_step)
+              if chief else None)
   writer = (tf.summary.create_file_writer(os.path.join(config.train_dir, TENSORBOARD_SUBDIR))
             if chief else tf.summary.create_noop_file_writer())
 

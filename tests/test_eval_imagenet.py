@@ -37,7 +37,8 @@ OUTSIDE_CLASS = 7  # a synset whose label is >= NUM_CLASSES: filtered out by the
 
 
 def _synsets() -> list[str]:
-  from tensorflow_datasets.datasets.imagenet2012 import imagenet_common  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
   with open(imagenet_common.label_names_file()) as f:
     return f.read().split()
 
