@@ -52,7 +52,7 @@ from tensorflow.core.framework import summary_pb2
 import problems as problems_lib
 from learned_opt import config as config_lib
 from learned_opt import hrnn
-from meta import weights_io as weights_lib
+from learned_opt import weights as weights_lib
 from meta import checkpoints
 from meta import meta_optimizer
 from meta import strategy as strategy_lib

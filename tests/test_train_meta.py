@@ -25,7 +25,7 @@ from meta import objective
 from meta import strategy as strategy_lib
 from meta import trainer as trainer_lib
 from meta import unroll as unroll_lib
-from meta import weights_io
+from learned_opt import weights as weights_io
 from problems.base import Problem, WELL_BEHAVED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -242,7 +242,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
   assert [r["meta_loss"] for r in rows] == [r["meta_loss"] for r in straight_rows]
 
 
-def test_export_loads_in_learned_optimizer(tmp_path, monkeypatch):
+def test_export_loads_in_learned_optimizer(tmp_path):
   from learned_opt import optimizer as optimizer_lib
   trainer = trainer_lib.Trainer(_fast_options(tmp_path / "run", max_steps=2,
                                               export=str(tmp_path / "w.npz")))
@@ -251,10 +251,6 @@ def test_export_loads_in_learned_optimizer(tmp_path, monkeypatch):
   assert loaded.provenance["meta_steps"] == 2
   assert loaded.provenance["options"]["problems"] == "quadratic_d25"
   assert "git_commit" in loaded.provenance and loaded.provenance["wall_time_secs"] > 0
-  # learned_opt/weights/ (a package) shadows learned_opt/weights.py, so optimizer.py's
-  # `weights_lib` lacks load(); patch it to the real module until learned_opt fixes that.
-  if not hasattr(optimizer_lib.weights_lib, "load"):
-    monkeypatch.setattr(optimizer_lib, "weights_lib", weights_io.weights)
   opt = optimizer_lib.LearnedOptimizer(weights=str(tmp_path / "w.npz"))
   for k, v in trainer.meta.variables_by_name.items():
     np.testing.assert_array_equal(opt._meta_values[k], v.numpy())
