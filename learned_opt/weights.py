@@ -71,6 +71,7 @@ def save(path: str | os.PathLike, meta: Mapping[str, np.ndarray], config: config
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **arrays)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; weights are data others must read.
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
