@@ -96,7 +96,7 @@ def analyse(meta, cfg: hrnn.HRNNConfig, problem: NoisyQuadratic, learning_rate: 
   rng = np.random.default_rng(seed)
   theta0 = tf.constant(rng.standard_normal(dim), tf.float32)
 
-  @tf.function(jit_compile=jit_compile)
+  @tf.function(jit_compile=jit_compile, reduce_retracing=True)
   def run(theta, state, xis):
     def body(i, theta, state, worst):
       grad = problem.gradient(theta, xis[i])
