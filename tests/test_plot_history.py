@@ -1,0 +1,43 @@
+"""meta/plot_history.py: reading a train_dir's history and plotting it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from meta import plot_history
+
+
+def write_history(path, losses):
+  lines = ["step,meta_loss"] + [f"{i + 1},{v}" for i, v in enumerate(losses)]
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "history.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_read_history_skips_missing_losses(tmp_path):
+  write_history(tmp_path / "run", ["-0.5", "nan", "", "-1.5"])
+  steps, losses = plot_history.read_history(str(tmp_path / "run"))
+  np.testing.assert_array_equal(steps, [1, 4])
+  np.testing.assert_array_equal(losses, [-0.5, -1.5])
+
+
+def test_moving_average_by_hand():
+  out = plot_history.moving_average(np.array([1.0, 2.0, 3.0, 4.0]), 2)
+  assert np.isnan(out[0])
+  np.testing.assert_allclose(out[1:], [1.5, 2.5, 3.5])
+
+
+def test_missing_history_names_the_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    plot_history.read_history(str(tmp_path / "nowhere"))
+
+
+def test_command_writes_plot(tmp_path):
+  write_history(tmp_path / "a", [-0.1 * i for i in range(30)])
+  out = tmp_path / "plot.png"
+  result = subprocess.run([sys.executable, "-m", "meta.plot_history", "--runs",
+                           str(tmp_path / "a"), "--window", "5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert out.exists() and "30 meta-steps" in result.stdout
