@@ -13,9 +13,14 @@ from absl import app, flags
 import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("runs", None, "train_dirs to plot (each holds history.csv).")
-flags.DEFINE_string("out", "meta_loss.png", "Output PNG.")
-flags.DEFINE_integer("window", 50, "Moving-average window in meta-steps.")
+
+
+def define_flags():
+  """Defined only when run as a script, so importing this module adds no global flags."""
+  flags.DEFINE_list("runs", None, "train_dirs to plot (each holds history.csv).")
+  flags.DEFINE_string("out", "meta_loss.png", "Output PNG.")
+  flags.DEFINE_integer("window", 50, "Moving-average window in meta-steps.")
+  flags.mark_flag_as_required("runs")
 
 
 def read_history(train_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -59,5 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("runs")
+  define_flags()
   app.run(main)
