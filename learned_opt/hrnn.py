@@ -279,6 +279,11 @@ class State(NamedTuple):
   step: tf.Tensor
 
 
+# State leaves with one row per parameter (the rest are per tensor, global, or the step).
+PER_PARAMETER_FIELDS = ("param_hidden", "momentum", "mean_square", "log_lr", "nominal_rms",
+                        "attention_offset")
+
+
 def state_floats_per_parameter(config: HRNNConfig) -> int:
   """Floats of optimizer state kept per parameter (the README quotes this)."""
   return (config.param_units + 2 * config.num_timescales + 1
@@ -515,8 +520,7 @@ def _keep_absent(old: State, new: State, present: Sequence[bool], layout: Layout
     return tf.concat([n if p else o for n, o, p in zip(new_parts, old_parts, present)], axis=0)
 
   per_param = {f: rows(getattr(new, f), getattr(old, f), layout.sizes)
-               for f in ("param_hidden", "momentum", "mean_square", "log_lr", "nominal_rms",
-                         "attention_offset")}
+               for f in PER_PARAMETER_FIELDS}
   tensor_hidden = rows(new.tensor_hidden, old.tensor_hidden, [1] * layout.num_tensors)
   return new._replace(tensor_hidden=tensor_hidden, **per_param)
 

@@ -29,8 +29,6 @@ from learned_opt import hrnn
 from learned_opt import weights as weights_lib
 
 _SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
-_STATE_PER_PARAM = ("param_hidden", "momentum", "mean_square", "log_lr", "nominal_rms",
-                    "attention_offset")
 
 
 @keras.saving.register_keras_serializable(package="learned_opt")

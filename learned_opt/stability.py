@@ -38,8 +38,7 @@ from learned_opt import hrnn
 from learned_opt import weights as weights_lib
 
 RHO_TOLERANCE = 1e-3
-_STATE_FIELDS = ("param_hidden", "momentum", "mean_square", "log_lr", "nominal_rms",
-                 "attention_offset", "tensor_hidden", "global_hidden")
+_STATE_FIELDS = hrnn.PER_PARAMETER_FIELDS + ("tensor_hidden", "global_hidden")
 
 
 class NoisyQuadratic(NamedTuple):
