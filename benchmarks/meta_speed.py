@@ -21,15 +21,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 from absl import flags
 
-flags.DEFINE_string("problems", "bowl_k1,quadratic_d25,logreg_f100_sep1_b50,quadratic_d784",
-                    "Comma-separated problem names.")
-flags.DEFINE_string("modes", "eager,function,xla", "Comma-separated: eager, function, xla.")
-flags.DEFINE_integer("steps", 64, "Inner steps per unroll (eager uses --eager_steps).")
-flags.DEFINE_integer("eager_steps", 8, "Inner steps per unroll in eager mode (it is slow).")
-flags.DEFINE_integer("repeats", 3, "Timed unrolls per (problem, mode); the median is shown.")
-flags.DEFINE_enum("config", "paper", ["paper", "stable"], "Optimizer preset.")
-flags.DEFINE_bool("gradients", True, "Include the meta-gradient (what meta-training does).")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Flags of the command line only, so that importing this module defines none."""
+  flags.DEFINE_string("problems", "bowl_k1,quadratic_d25,logreg_f100_sep1_b50,quadratic_d784",
+                      "Comma-separated problem names.")
+  flags.DEFINE_string("modes", "eager,function,xla", "Comma-separated: eager, function, xla.")
+  flags.DEFINE_integer("steps", 64, "Inner steps per unroll (eager uses --eager_steps).")
+  flags.DEFINE_integer("eager_steps", 8, "Inner steps per unroll in eager mode (it is slow).")
+  flags.DEFINE_integer("repeats", 3, "Timed unrolls per (problem, mode); the median is shown.")
+  flags.DEFINE_enum("config", "paper", ["paper", "stable"], "Optimizer preset.")
+  flags.DEFINE_bool("gradients", True, "Include the meta-gradient (what meta-training does).")
 
 
 def main(argv):
@@ -79,4 +83,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -20,13 +20,16 @@ import tensorflow as tf
 import learned_opt
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("batch_sizes", ["16", "64", "128", "256", "1024"], "Batch sizes to time.")
-flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after 3 warm-up steps).")
-flags.DEFINE_integer("repeats", 3, "Timing repeats; the median is reported.")
-flags.DEFINE_string("out", "benchmarks/results/step_time.png", "Where to write the plot.")
-flags.DEFINE_string("weights", None, "LearnedOptimizer weights (None: untrained; timing is "
-                    "independent of the weights).")
 
+
+def define_flags():
+  """Flags of the command line only, so that importing this module defines none."""
+  flags.DEFINE_list("batch_sizes", ["16", "64", "128", "256", "1024"], "Batch sizes to time.")
+  flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after 3 warm-up steps).")
+  flags.DEFINE_integer("repeats", 3, "Timing repeats; the median is reported.")
+  flags.DEFINE_string("out", "benchmarks/results/step_time.png", "Where to write the plot.")
+  flags.DEFINE_string("weights", None, "LearnedOptimizer weights (None: untrained; timing is "
+                      "independent of the weights).")
 
 def convnet():
   return keras.Sequential([
@@ -131,4 +134,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

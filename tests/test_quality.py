@@ -152,3 +152,15 @@ def test_demo_runs_one_epoch_untrained(tmp_path, capsys):
   for history in results.values():
     assert len(history["loss"]) == 1 and math.isfinite(history["loss"][0])
   assert "| 1 |" in capsys.readouterr().out
+
+
+def test_benchmark_modules_define_no_flags_at_import():
+  # Flags defined at import collide when two command modules meet in one process (pytest).
+  import subprocess
+  code = ("import benchmarks.ablation, benchmarks.quality, benchmarks.step_time, "
+          "benchmarks.meta_speed, meta.plot_history, learned_opt.stability\n"
+          "from absl import flags\n"
+          "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if not m.startswith(('absl', 'tensorflow'))))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       check=True)
+  assert out.stdout.strip().splitlines()[-1] == "[]"
