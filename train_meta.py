@@ -113,7 +113,8 @@ flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept.
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps, "Console progress interval.")
 flags.DEFINE_string("export", "", "Write a weights file here at the end (learned_opt format).")
 flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --train_dir "
-                  "to --export (same as --max_steps 0).")
+                  "to --export. Writes nothing in --train_dir, so it is safe while a run "
+                  "is meta-training there.")
 
 
 def options_from_flags() -> trainer_lib.Options:
@@ -138,7 +139,7 @@ def main(argv):
   logging.getLogger("train_meta").setLevel(logging.INFO)
   try:
     options = options_from_flags()
-    trainer = trainer_lib.Trainer(options)
+    trainer = trainer_lib.Trainer(options, read_only=FLAGS.export_only)
   except ValueError as e:
     print(f"train_meta.py: error: {e}", file=sys.stderr)
     return 2

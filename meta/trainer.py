@@ -245,9 +245,12 @@ class Trainer:
   """
 
   def __init__(self, options: Options, cluster_resolver=None, strategy=None,
-               problem_pool: list | None = None):
+               problem_pool: list | None = None, read_only: bool = False):
+    # read_only: only restore and export (train_meta.py --export_only). Nothing in train_dir
+    # is written, so it is safe while another process is meta-training in that directory.
     options.validate()
     self.options = options
+    self.read_only = read_only
     self.config = config_lib.get(options.config)
     # problem_pool: explicit Problem objects instead of --problems (tests, custom ensembles).
     self.pool = list(problem_pool) if problem_pool else resolve_problems(options.problems)
@@ -263,7 +266,8 @@ class Trainer:
 
     # Up-front checks: nothing below runs if these fail.
     if self.chief:
-      checkpoints.check_writable(self.train_dir, "--train_dir")
+      if not read_only:
+        checkpoints.check_writable(self.train_dir, "--train_dir")
       if options.export:
         checkpoints.check_writable(Path(options.export).expanduser().parent or ".",
                                    "directory of --export")
@@ -321,7 +325,7 @@ class Trainer:
       self.sampler.restore(self.train_state.sampler.numpy().decode())
       self._unpack_trajectories(self.train_state.trajectories.numpy())
       log.info("restored %s at meta-step %d", latest, int(self.train_state.step.numpy()))
-    if self.chief:
+    if self.chief and not self.read_only:
       checkpoints.trim_history(self.train_dir, int(self.train_state.step.numpy()))
       record = {"config": self.config.to_dict(), "config_preset": self.options.config,
                 "options": dataclasses.asdict(self.options)}
@@ -627,8 +631,11 @@ class Trainer:
 
   def export(self, path) -> Path:
     """Writes the current meta-parameters as a weights file (learned_opt.weights format)."""
+    options = dataclasses.asdict(self.options)
+    if self.read_only and self.recorded:
+      options = self.recorded.get("options", options)   # the run's flags, not the exporter's
     provenance = {
-        "trainer": "train_meta.py", "options": dataclasses.asdict(self.options),
+        "trainer": "train_meta.py", "options": options,
         "config_preset": self.options.config, "meta_steps": self.step,
         "wall_time_secs": float(self.train_state.wall_time.numpy()),
         "git_commit": git_commit(), "train_dir": str(self.train_dir.resolve()),

@@ -254,12 +254,20 @@ def test_export_loads_in_learned_optimizer(tmp_path):
   opt = optimizer_lib.LearnedOptimizer(weights=str(tmp_path / "w.npz"))
   for k, v in trainer.meta.variables_by_name.items():
     np.testing.assert_array_equal(opt._meta_values[k], v.numpy())
-  # Export-only from the train_dir via the script.
+  # Export-only from the train_dir via the script: it records the run's flags, and writes
+  # nothing in the train_dir (safe beside a running meta-training process).
+  before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+  with open(tmp_path / "run" / "history.csv", "a") as f:
+    f.write("3,1.0,quadratic_d25,x,1,1,1,20,-0.1,0.9,-7,1,0,100\n")   # a step past the checkpoint
+  before[tmp_path / "run" / "history.csv"] = (tmp_path / "run" / "history.csv").read_bytes()
   proc = _run_script(["--train_dir", str(tmp_path / "run"), "--export",
                       str(tmp_path / "w2.npz"), "--export_only"])
   output = proc.communicate(timeout=120)[0]
   assert proc.returncode == 0, output
-  assert weights_io.load(tmp_path / "w2.npz").provenance["meta_steps"] == 2
+  exported = weights_io.load(tmp_path / "w2.npz").provenance
+  assert exported["meta_steps"] == 2 and exported["options"]["max_steps"] == 2
+  after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+  assert after == before
 
 
 @pytest.mark.parametrize("overrides, message", [
