@@ -49,6 +49,7 @@ meta-parameters and RMSProp slots; every worker applies its own updates):
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from absl import app
@@ -111,6 +112,10 @@ flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
                      "Checkpoint interval in meta-steps (0: off).")
 flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept.")
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps, "Console progress interval.")
+flags.DEFINE_integer("max_memory_maps", _D.max_memory_maps, "Memory maps this process may hold "
+                     "before it checkpoints and continues in a fresh one (XLA never frees a "
+                     "compiled problem's ~800 maps; Linux caps them at vm.max_map_count). "
+                     "0: 90 percent of vm.max_map_count.")
 flags.DEFINE_string("export", "", "Write a weights file here at the end (learned_opt format).")
 flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --train_dir "
                   "to --export. Writes nothing in --train_dir, so it is safe while a run "
@@ -151,6 +156,14 @@ def main(argv):
     trainer.export(options.export)
     return 0
   trainer.run()
+  if trainer.needs_fresh_process:
+    # XLA's compiled executables are only released with the process: continue the run
+    # (bit-exactly, from the checkpoint just written) in a fresh one.
+    logging.getLogger("train_meta").info("continuing in a fresh process: %s",
+                                         " ".join(sys.argv))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable] + sys.argv)
   return 0
 
 

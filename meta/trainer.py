@@ -95,6 +95,11 @@ class Options:
   keep_checkpoints: int = 3
   log_every_steps: int = 1
   export: str = ""
+  # XLA keeps every compiled executable for the life of the process, ~800 memory maps per
+  # problem, and Linux caps a process at vm.max_map_count maps (65530 by default: about 80
+  # problems). Past this budget the trainer checkpoints and asks to be continued in a fresh
+  # process (train_meta.py re-executes itself). 0: 90% of vm.max_map_count.
+  max_memory_maps: int = 0
 
   def validate(self) -> None:
     """Raises ValueError naming the bad option (before any work)."""
@@ -106,6 +111,8 @@ class Options:
     need(self.config in config_lib.PRESETS,
          f"--config must be one of {sorted(config_lib.PRESETS)}, got {self.config!r}")
     need(self.max_steps >= 0, f"--max_steps must be >= 0, got {self.max_steps}")
+    need(self.max_memory_maps >= 0,
+         f"--max_memory_maps must be >= 0 (0: automatic), got {self.max_memory_maps}")
     need(self.num_unrolls_scale >= 0, "--num_unrolls_scale must be >= 0")
     need(self.min_num_unrolls >= 1, "--min_num_unrolls must be >= 1")
     need(self.unroll_steps_scale >= 0, "--unroll_steps_scale must be >= 0")
@@ -154,6 +161,26 @@ def resolve_problems(spec: str) -> list:
   if not chosen:
     raise ValueError(f"--problems {spec!r} selects no problem")
   return list(dict.fromkeys(chosen))
+
+
+MAPS_PER_PROBLEM = 900   # measured: ~800 memory maps per XLA-compiled problem (unroll + loss)
+
+
+def memory_map_count() -> int | None:
+  """Memory maps this process holds (Linux), or None where /proc is not available."""
+  try:
+    with open("/proc/self/maps", "rb") as f:
+      return sum(1 for _ in f)
+  except OSError:
+    return None
+
+
+def memory_map_limit() -> int | None:
+  """The kernel's per-process cap on memory maps (vm.max_map_count), or None if unknown."""
+  try:
+    return int(Path("/proc/sys/vm/max_map_count").read_text())
+  except (OSError, ValueError):
+    return None
 
 
 def git_commit() -> str | None:
@@ -305,6 +332,23 @@ class Trainer:
         grads, self.meta.variables_by_name))
     self._ps_functions: dict[str, Any] = {}
     self._data_cache: dict[tuple, dict] = {}
+    self.needs_fresh_process = False
+    limit = memory_map_limit()
+    self.map_budget = options.max_memory_maps or (int(0.9 * limit) if limit else 0)
+    self.can_hand_over = self.strategy is None or isinstance(
+        self.strategy, tf.distribute.MirroredStrategy)
+    if (self.chief and not read_only and limit and options.max_steps
+        and len(self.pool) * MAPS_PER_PROBLEM > 0.9 * limit):
+      log.warning(
+          "vm.max_map_count is %d; compiling all %d problems needs about %d memory maps, and "
+          "XLA never frees them. %s Raise the limit to avoid this: "
+          "sudo sysctl -w vm.max_map_count=%d", limit, len(self.pool),
+          len(self.pool) * MAPS_PER_PROBLEM,
+          "train_meta.py will checkpoint and continue in a fresh process (recompiling) when "
+          "the budget is reached." if self.can_hand_over else
+          "This strategy cannot continue in a fresh process by itself: the run will fail "
+          "when the limit is reached (resume it by re-running the command).",
+          max(262144, 2 * len(self.pool) * MAPS_PER_PROBLEM))
     self._restore()
 
   # --- bookkeeping ----------------------------------------------------------------------
@@ -585,6 +629,7 @@ class Trainer:
                o.strategy)
     try:
       while self.step < o.max_steps and (stop_after is None or done_here < stop_after):
+        compiled = len(self.unroller)
         infos = self._ps_round(coordinator) if self.is_ps else [self.train_step()]
         done_here += len(infos)
         self.train_state.wall_time.assign(wall_base + time.time() - wall_start)
@@ -599,13 +644,20 @@ class Trainer:
         if self._should_save(last_save_time, last_save_step):
           self.save()
           last_save_time, last_save_step = time.time(), self.step
+        if (len(self.unroller) != compiled and self.can_hand_over and self.map_budget
+            and self.step < o.max_steps and (memory_map_count() or 0) >= self.map_budget):
+          log.info("this process holds %d memory maps (budget %d, %d problems compiled): "
+                   "checkpointing at meta-step %d to continue in a fresh process",
+                   memory_map_count(), self.map_budget, len(self.unroller), self.step)
+          self.needs_fresh_process = True
+          break
     finally:
       if history is not None:
         history.close()
       writer.flush()
     if self.step != last_save_step or self.manager.latest_checkpoint is None:
       self.save()
-    if o.export and self.chief:
+    if o.export and self.chief and not self.needs_fresh_process:
       self.export(o.export)
     return last_info
 

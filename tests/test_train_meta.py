@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import socket
@@ -240,6 +241,44 @@ def test_resume_after_sigkill_is_exact(tmp_path):
   assert [int(r["step"]) for r in rows] == list(range(1, total + 1))
   straight_rows = checkpoints.read_history(tmp_path / "straight")
   assert [r["meta_loss"] for r in rows] == [r["meta_loss"] for r in straight_rows]
+
+
+def test_memory_map_budget_hands_over_to_a_fresh_process_exactly(tmp_path):
+  """Past --max_memory_maps the run checkpoints and re-executes itself; nothing changes.
+
+  A budget of 1 map is always exceeded, so each process does one meta-step (the one that
+  compiles) and hands over: 2 meta-steps take 2 processes."""
+  total = 2
+  proc = _run_script(["--train_dir", str(tmp_path / "run"), "--problems", "quadratic_d25",
+                      "--min_unroll_steps", "10", "--unroll_steps_scale", "10",
+                      "--max_unroll_steps", "64", "--num_unrolls_scale", "2",
+                      "--checkpoint_every_secs", "0", "--max_steps", str(total),
+                      "--max_memory_maps", "1", "--export", str(tmp_path / "w.npz")])
+  output = proc.communicate(timeout=400)[0]
+  assert proc.returncode == 0, output
+  assert output.count("continuing in a fresh process") == total - 1, output
+  straight = trainer_lib.Trainer(_fast_options(tmp_path / "straight", max_steps=total))
+  straight.run()
+  exported = weights_io.load(tmp_path / "w.npz")
+  assert exported.provenance["meta_steps"] == total
+  for k, v in straight.meta.variables_by_name.items():
+    np.testing.assert_array_equal(exported.meta[k], v.numpy(), err_msg=k)
+  rows = checkpoints.read_history(tmp_path / "run")
+  assert [int(r["step"]) for r in rows] == list(range(1, total + 1))
+  assert ([r["meta_loss"] for r in rows] ==
+          [r["meta_loss"] for r in checkpoints.read_history(tmp_path / "straight")])
+
+
+def test_low_memory_map_limit_is_warned_up_front(tmp_path, monkeypatch, caplog):
+  monkeypatch.setattr(trainer_lib, "memory_map_limit", lambda: 65530)
+  with caplog.at_level(logging.WARNING, logger="train_meta"):
+    trainer = trainer_lib.Trainer(_fast_options(tmp_path / "run", problems="default"))
+  assert trainer.map_budget == int(0.9 * 65530)
+  assert "vm.max_map_count is 65530" in caplog.text and "sysctl" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="train_meta"):
+    trainer_lib.Trainer(_fast_options(tmp_path / "small"))       # one problem: plenty
+  assert "max_map_count" not in caplog.text
 
 
 def test_export_loads_in_learned_optimizer(tmp_path):
