@@ -121,6 +121,22 @@ def meta_training_summary(history: dict, budget: int, fraction: float = 0.2) -> 
   }
 
 
+def paired_difference(history: dict, reference: dict, budget: int) -> dict:
+  """Mean meta-loss difference (history − reference) over the meta-steps where both runs
+  trained the same problem. Same seed, same sampler: until a trajectory ends early in one
+  run (a divergence), both draw the same problems in the same order, so this comparison is
+  free of the problem-to-problem spread that dominates the raw curves."""
+  a = {int(s): (l, p) for s, l, p in zip(history["step"], history["meta_loss"],
+                                          history["problem"]) if s <= budget}
+  b = {int(s): (l, p) for s, l, p in zip(reference["step"], reference["meta_loss"],
+                                          reference["problem"]) if s <= budget}
+  diffs = [a[s][0] - b[s][0] for s in a.keys() & b.keys()
+           if a[s][1] == b[s][1] and math.isfinite(a[s][0]) and math.isfinite(b[s][0])]
+  return {"matched_steps": len(diffs),
+          "mean_difference": float(np.mean(diffs)) if diffs else math.nan,
+          "fraction_lower": float(np.mean(np.array(diffs) < 0)) if diffs else math.nan}
+
+
 # ---- stability --------------------------------------------------------------------------------
 
 def stability_summary(spec: str, seeds: Sequence[int], horizon: int, dim: int = 20,
@@ -208,6 +224,13 @@ def markdown(report: dict) -> str:
   row("meta-training wall time, h (one core)", [_fmt(m[n]["wall_time_hours"], ".2f") for n in names])
   row(f"meta-loss, first {m[names[0]]['window']} meta-steps", [_fmt(m[n]["meta_loss_first"]) for n in names])
   row(f"meta-loss, last {m[names[0]]['window']} meta-steps", [_fmt(m[n]["meta_loss_last"]) for n in names])
+  for n in names[1:]:
+    p = m[n].get("paired_vs")
+    if p:
+      row(f"{n} − {p['reference']}: meta-loss on the same problem at the same meta-step "
+          "(mean; share lower)",
+          ["–" if k != n else f"{_fmt(p['mean_difference'])}; {_fmt(p['fraction_lower'], '.0%')} "
+           f"of {p['matched_steps']}" for k in names])
   row("meta-steps with a non-finite unroll", [str(m[n]["nonfinite_meta_steps"]) for n in names])
   if all(s.values()):
     seeds = len(s[names[0]]["seeds"])
@@ -340,6 +363,11 @@ def run(options: Options) -> dict:
         "meta_l2": (w.provenance.get("options") or {}).get("meta_l2"),
         "meta_training": meta_training_summary(histories[arm.name], budget),
         "stability": None, "held_out": None}
+  reference = arms[0].name
+  for arm in arms[1:]:
+    report["arms"][arm.name]["meta_training"]["paired_vs"] = {
+        "reference": reference,
+        **paired_difference(histories[arm.name], histories[reference], budget)}
   if not options.skip_stability:
     for arm in arms:
       print(f"stability: {arm.name} ({arm.weights}) ...", flush=True)

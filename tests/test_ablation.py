@@ -89,6 +89,18 @@ def test_meta_training_summary(tmp_path):
     ablation.meta_training_summary(ablation.read_history(str(tmp_path)), budget=20)
 
 
+def test_paired_difference_uses_only_matching_problems(tmp_path):
+  write_history(tmp_path / "a", [(1, 1, -1.0, 0, "p"), (2, 2, -2.0, 0, "q"), (3, 3, -5.0, 0, "r"),
+                                 (4, 4, float("inf"), 1, "s")])
+  write_history(tmp_path / "b", [(1, 1, -0.5, 0, "p"), (2, 2, -2.5, 0, "q"), (3, 3, -1.0, 0, "x"),
+                                 (4, 4, -1.0, 0, "s")])
+  paired = ablation.paired_difference(ablation.read_history(str(tmp_path / "a")),
+                                      ablation.read_history(str(tmp_path / "b")), budget=4)
+  assert paired["matched_steps"] == 2                 # step 3: other problems; step 4: inf
+  assert paired["mean_difference"] == pytest.approx(0.0)   # (-0.5 + 0.5) / 2
+  assert paired["fraction_lower"] == 0.5
+
+
 def quality_result(label_losses):
   """A minimal benchmarks.quality result: two tasks, Adam(2e-3) at 1.0, tuned Adam at 0.1."""
   tasks = []
@@ -140,6 +152,10 @@ def test_end_to_end_on_two_untrained_arms(tmp_path):
   assert set(report["arms"]["paper"]["held_out"]["tasks"]) == {"logreg_breast_cancer"}
   table = (out / "ablation.md").read_text()
   assert "| | paper | stable |" in table and "| logreg_breast_cancer |" in table
+  paired = stable["meta_training"]["paired_vs"]
+  assert paired["reference"] == "paper" and paired["matched_steps"] == 12
+  assert paired["mean_difference"] == 0.0             # identical histories
+  assert "stable − paper" in table
   saved = json.loads((out / "ablation.json").read_text())
   assert saved["arms"]["paper"]["config_preset"] == "paper"
   assert saved["arms"]["stable"]["meta_l2"] == 0.1
