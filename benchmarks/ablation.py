@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from learned_opt import weights as weights_lib
+from meta.plot_history import moving_average
 
 DEFAULT_ARMS = "paper=meta_runs/paper:paper,stable=meta_runs/stable:default"
 
@@ -87,14 +88,6 @@ def read_history(train_dir: str) -> dict[str, np.ndarray]:
   return {"step": steps, "wall_time": np.array(cols[0], float),
           "meta_loss": np.array(cols[1], float), "skipped": np.array(cols[2], np.int64),
           "problem": np.array(cols[3], dtype=object)}
-
-
-def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-  """Trailing mean over `window` entries (NaN until the window fills)."""
-  window = max(1, min(window, len(values)))
-  cumulative = np.cumsum(np.insert(values, 0, 0.0))
-  out = (cumulative[window:] - cumulative[:-window]) / window
-  return np.concatenate([np.full(window - 1, np.nan), out])
 
 
 def meta_training_summary(history: dict, budget: int, fraction: float = 0.2) -> dict:
