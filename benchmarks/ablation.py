@@ -268,9 +268,8 @@ def plot(report: dict, histories: dict, path: str, window: int) -> None:
   ax = axes.pop(0)
   for name, hist in histories.items():
     keep = hist["step"] <= report["budget"]
-    losses = np.where(np.isfinite(hist["meta_loss"][keep]), hist["meta_loss"][keep], np.nan)
-    filled = np.where(np.isnan(losses), np.nanmean(losses), losses)
-    ax.plot(hist["step"][keep], moving_average(filled, window), color=colors[name], label=name)
+    ax.plot(hist["step"][keep], moving_average(hist["meta_loss"][keep], window),
+            color=colors[name], label=name)
   ax.set_xlabel("meta-step")
   ax.set_ylabel(f"meta-loss, {window}-step moving average")
   ax.set_title("meta-training (lower is better)", fontsize=9)

@@ -34,9 +34,16 @@ def read_history(train_dir: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+  """Trailing mean over `window` entries, ignoring non-finite ones (a diverged unroll's
+  meta-loss is inf); NaN until the window fills, or where it holds no finite value."""
+  values = np.asarray(values, float)
   window = max(1, min(window, len(values)))
-  cumulative = np.cumsum(np.insert(values, 0, 0.0))
-  out = (cumulative[window:] - cumulative[:-window]) / window
+  finite = np.isfinite(values)
+  sums = np.cumsum(np.insert(np.where(finite, values, 0.0), 0, 0.0))
+  counts = np.cumsum(np.insert(finite.astype(float), 0, 0.0))
+  total, count = sums[window:] - sums[:-window], counts[window:] - counts[:-window]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    out = np.where(count > 0, total / np.maximum(count, 1), np.nan)
   return np.concatenate([np.full(window - 1, np.nan), out])
 
 
@@ -46,17 +53,25 @@ def main(argv):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4))
+  averages = []
   for run in FLAGS.runs:
     steps, losses = read_history(run)
-    line, = ax.plot(steps, losses, alpha=0.15)
-    ax.plot(steps, moving_average(losses, FLAGS.window), color=line.get_color(),
+    line, = ax.plot(steps, np.where(np.isfinite(losses), losses, np.nan), alpha=0.15)
+    averages.append(moving_average(losses, FLAGS.window))
+    ax.plot(steps, averages[-1], color=line.get_color(),
             label=f"{os.path.basename(os.path.normpath(run))} ({len(steps)} meta-steps)")
-    print(f"{run}: {len(steps)} meta-steps, mean meta-loss first/last {FLAGS.window}: "
-          f"{losses[:FLAGS.window].mean():.3f} / {losses[-FLAGS.window:].mean():.3f}")
+    finite = np.isfinite(losses)
+    print(f"{run}: {len(steps)} meta-steps ({np.sum(~finite)} non-finite), mean finite "
+          f"meta-loss first/last {FLAGS.window}: {losses[:FLAGS.window][finite[:FLAGS.window]].mean():.3f}"
+          f" / {losses[-FLAGS.window:][finite[-FLAGS.window:]].mean():.3f}")
+  finite = np.concatenate([a[np.isfinite(a)] for a in averages])
+  if finite.size:   # frame the averages; the raw per-step values span orders more
+    low, high = finite.min(), finite.max()
+    ax.set_ylim(low - 0.3 * (high - low + 1e-3), high + 0.3 * (high - low + 1e-3))
   ax.set_xlabel("meta-step (partial unroll)")
   ax.set_ylabel("meta-loss (eq. 14; lower is better)")
   ax.set_title(f"meta-training history ({FLAGS.window}-step moving average)")
-  ax.legend()
+  ax.legend(loc="upper right")
   fig.tight_layout()
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   fig.savefig(FLAGS.out, dpi=120)

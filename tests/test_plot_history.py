@@ -28,6 +28,13 @@ def test_moving_average_by_hand():
   np.testing.assert_allclose(out[1:], [1.5, 2.5, 3.5])
 
 
+def test_moving_average_skips_non_finite_meta_losses():
+  # A diverged unroll logs inf; it must not poison every later average.
+  out = plot_history.moving_average(np.array([1.0, np.inf, 3.0, 5.0, np.nan, np.nan]), 2)
+  np.testing.assert_allclose(out[1:4], [1.0, 3.0, 4.0])
+  assert np.isnan(out[5])                       # a window with no finite value
+
+
 def test_missing_history_names_the_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere"):
     plot_history.read_history(str(tmp_path / "nowhere"))
