@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Sequence
@@ -370,14 +371,23 @@ def run(options: Options) -> dict:
     if options.quality_json:
       with open(options.quality_json) as f:
         quality_results = json.load(f)
+      labels = {arm.name: quality.weights_label(arm.weights) for arm in arms}
     else:
+      # Each arm's weights under the arm's name, so that files with the same basename (two
+      # runs' exports/step_005000.npz) stay apart: labels learned:<arm>.
+      named_dir = os.path.join(options.out, "weights")
+      os.makedirs(named_dir, exist_ok=True)
+      named = {}
+      for arm in arms:
+        named[arm.name] = os.path.join(named_dir, f"{arm.name}.npz")
+        shutil.copyfile(loaded[arm.name].path, named[arm.name])
+      labels = {name: quality.weights_label(path) for name, path in named.items()}
       quality_results = quality.run(quality.Options(
-          weights=[a.weights for a in arms], steps=options.quality_steps,
+          weights=[named[a.name] for a in arms], steps=options.quality_steps,
           long_steps=options.quality_long_steps,
           tasks=options.quality_tasks or quality.ALL_TASKS, jit=options.jit, out=options.out))
     for arm in arms:
-      report["arms"][arm.name]["held_out"] = held_out_summary(
-          quality_results, quality.weights_label(arm.weights))
+      report["arms"][arm.name]["held_out"] = held_out_summary(quality_results, labels[arm.name])
   report["seconds"] = time.perf_counter() - start
   table = markdown(report)
   print("\n" + table)

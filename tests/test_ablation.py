@@ -134,8 +134,10 @@ def test_end_to_end_on_two_untrained_arms(tmp_path):
   arms = []
   for name, preset, steps in (("paper", "paper", 12), ("stable", "stable", 12)):
     write_history(tmp_path / name, [(i, 1.0 * i, -0.01 * i, 0, "p") for i in range(1, 15)])
-    arms.append(ablation.Arm(name, str(tmp_path / name),
-                             write_weights(tmp_path / f"{name}.npz", preset, steps)))
+    # Both files are called step_000012.npz, as two runs' exports are.
+    (tmp_path / name / "exports").mkdir()
+    arms.append(ablation.Arm(name, str(tmp_path / name), write_weights(
+        tmp_path / name / "exports" / "step_000012.npz", preset, steps)))
   out = tmp_path / "out"
   report = ablation.run(ablation.Options(
       arms=arms, quality_tasks=["logreg_breast_cancer"], quality_steps=6,
