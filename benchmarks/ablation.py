@@ -25,7 +25,6 @@ ablation.png to --out; the held-out runs (unless --quality_json is given) also w
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -38,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from learned_opt import weights as weights_lib
+from meta import checkpoints
 from meta.plot_history import moving_average
 
 DEFAULT_ARMS = "paper=meta_runs/paper:paper,stable=meta_runs/stable:default"
@@ -73,17 +73,16 @@ def parse_arms(spec: str | Sequence[str]) -> list[Arm]:
 def read_history(train_dir: str) -> dict[str, np.ndarray]:
   """history.csv as arrays sorted by meta-step. A step logged twice (a run killed after
   logging but before its checkpoint re-does it on resume, identically) counts once."""
-  path = os.path.join(train_dir, "history.csv")
+  path = os.path.join(train_dir, checkpoints.HISTORY)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: is {train_dir!r} a train_meta.py train_dir?")
   by_step = {}
-  with open(path) as f:
-    for row in csv.DictReader(f):
-      try:
-        by_step[int(row["step"])] = (float(row["wall_time"]), float(row["meta_loss"]),
-                                     int(float(row.get("skipped") or 0)), row["problem"])
-      except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: malformed row {row!r} ({e})") from None
+  for row in checkpoints.read_history(train_dir):
+    try:
+      by_step[int(row["step"])] = (float(row["wall_time"]), float(row["meta_loss"]),
+                                   int(float(row.get("skipped") or 0)), row["problem"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"{path}: malformed row {row!r} ({e})") from None
   steps = np.array(sorted(by_step), dtype=np.int64)
   cols = list(zip(*(by_step[s] for s in steps))) if len(steps) else [[], [], [], []]
   return {"step": steps, "wall_time": np.array(cols[0], float),
@@ -162,13 +161,14 @@ def held_out_summary(quality_results: dict, label: str) -> dict:
   if label not in quality_results["learned"]:
     raise ValueError(f"the quality results hold {quality_results['learned']}, not {label!r}: "
                      "run benchmarks.quality with this arm's --weights")
+  # float(): quality.json spells inf/nan as strings, and float() reads them back.
   per_task, ratios = {}, []
   wins_adam = wins_tuned = diverged = 0
   for task in tasks:
     s = task["summary"]
-    final = _float(s["final_loss"][label])
-    adam = _float(s["adam_2e-3_final_loss"])
-    tuned = _float(s["tuned_adam"]["final_loss"])
+    final = float(s["final_loss"][label])
+    adam = float(s["adam_2e-3_final_loss"])
+    tuned = float(s["tuned_adam"]["final_loss"])
     ratio = final / adam if math.isfinite(final) and adam > 0 else math.inf
     ratios.append(ratio)
     wins_adam += quality.sort_key(final) <= quality.sort_key(adam)
@@ -184,14 +184,10 @@ def held_out_summary(quality_results: dict, label: str) -> dict:
          "divergences": int(diverged), "fig5_spread": None}
   q = quality_results.get("quadratic_lr")
   if q:
-    finals = [_float(r["final_loss"]) for r in q["runs"] if r["optimizer"] == label]
+    finals = [float(r["final_loss"]) for r in q["runs"] if r["optimizer"] == label]
     good = [f for f in finals if math.isfinite(f) and f > 0]
     out["fig5_spread"] = max(good) / min(good) if good and len(good) == len(finals) else math.inf
   return out
-
-
-def _float(value) -> float:
-  return float(value)   # quality.json spells inf/nan as strings; float() reads them back
 
 
 # ---- report -----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def define_flags():
   flags.DEFINE_string("weights", None, "LearnedOptimizer weights (None: untrained; timing is "
                       "independent of the weights).")
 
+
 def convnet():
   return keras.Sequential([
       keras.Input((28, 28, 1)),

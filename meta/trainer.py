@@ -334,11 +334,12 @@ class Trainer:
     self._data_cache: dict[tuple, dict] = {}
     self.needs_fresh_process = False
     limit = memory_map_limit()
-    self.map_budget = options.max_memory_maps or (int(0.9 * limit) if limit else 0)
+    kernel_budget = int(0.9 * limit) if limit else 0
+    self.map_budget = options.max_memory_maps or kernel_budget
     self.can_hand_over = self.strategy is None or isinstance(
         self.strategy, tf.distribute.MirroredStrategy)
-    if (self.chief and not read_only and limit and options.max_steps
-        and len(self.pool) * MAPS_PER_PROBLEM > 0.9 * limit):
+    if (self.chief and not read_only and kernel_budget and options.max_steps
+        and len(self.pool) * MAPS_PER_PROBLEM > kernel_budget):
       log.warning(
           "vm.max_map_count is %d; compiling all %d problems needs about %d memory maps, and "
           "XLA never frees them. %s Raise the limit to avoid this: "
@@ -644,11 +645,12 @@ class Trainer:
         if self._should_save(last_save_time, last_save_step):
           self.save()
           last_save_time, last_save_step = time.time(), self.step
-        if (len(self.unroller) != compiled and self.can_hand_over and self.map_budget
-            and self.step < o.max_steps and (memory_map_count() or 0) >= self.map_budget):
+        maps = (memory_map_count() if len(self.unroller) != compiled and self.can_hand_over
+                and self.map_budget and self.step < o.max_steps else None)
+        if maps is not None and maps >= self.map_budget:
           log.info("this process holds %d memory maps (budget %d, %d problems compiled): "
                    "checkpointing at meta-step %d to continue in a fresh process",
-                   memory_map_count(), self.map_budget, len(self.unroller), self.step)
+                   maps, self.map_budget, len(self.unroller), self.step)
           self.needs_fresh_process = True
           break
     finally:
