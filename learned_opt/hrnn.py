@@ -78,25 +78,70 @@ class Layout:
     return f"Layout(num_tensors={self.num_tensors}, total={self.total})"
 
 
-class _Segments:
-  """Per-tensor reductions and broadcasts over the flat vector."""
+class Segments:
+  """Per-tensor reductions and broadcasts over the flat vector.
 
-  def __init__(self, layout: Layout):
-    self.layout = layout
-    self.ids = layout.segment_ids()
-    self.counts = tf.constant(np.asarray(layout.sizes, np.float32)[:, None])  # [T, 1]
+  Built from a static `Layout` (`from_layout`: the Keras shell, tests) or from tensors
+  (`padded`: the meta-trainer's size buckets, where one compiled unroll serves every problem
+  whose flat vector fits in N_pad rows). A padded vector has extra rows past the problem's N
+  elements and extra tensor slots past its T tensors; `element_mask` [N_pad] and `tensor_mask`
+  [T_pad] mark the real ones, so the problem-wide statistics (mean relative log step length,
+  Global GRU input) are masked means over real rows only, and the padded rows' updates are 0.
+  Padding rows sit in tensor slots of their own, so per-tensor means of real tensors never
+  see them.
+  """
+
+  def __init__(self, ids, counts, num_segments: int, total: int, element_mask=None,
+               tensor_mask=None):
+    self.ids = ids                        # int32 [N]: tensor slot of every row.
+    self.counts = counts                  # float32 [T, 1]: rows per slot (>= 1).
+    self.num_segments = int(num_segments)
+    self.total = int(total)
+    self.element_mask = element_mask      # float32 [N] or None (no padding).
+    self.tensor_mask = tensor_mask        # float32 [T] or None.
+
+  @classmethod
+  def from_layout(cls, layout: Layout) -> "Segments":
+    ids = tf.constant(np.repeat(np.arange(layout.num_tensors, dtype=np.int32), layout.sizes))
+    counts = tf.constant(np.asarray(layout.sizes, np.float32)[:, None])
+    return cls(ids, counts, layout.num_tensors, layout.total)
+
+  @classmethod
+  def padded(cls, ids, counts, element_mask, tensor_mask) -> "Segments":
+    """From tensors: ids int32 [N_pad], counts [T_pad] or [T_pad, 1], masks [N_pad], [T_pad]."""
+    num_segments, total = int(tensor_mask.shape[0]), int(element_mask.shape[0])
+    counts = tf.reshape(tf.cast(counts, tf.float32), [num_segments, 1])
+    return cls(tf.cast(ids, tf.int32), tf.maximum(counts, 1.0), num_segments, total,
+               tf.cast(element_mask, tf.float32), tf.cast(tensor_mask, tf.float32))
+
+  @property
+  def single(self) -> bool:
+    return self.num_segments == 1 and self.element_mask is None
 
   def mean(self, x: tf.Tensor) -> tf.Tensor:
     """[N, k] -> [T, k] mean over each tensor's rows."""
-    if self.layout.num_tensors == 1:
+    if self.single:
       return tf.reduce_mean(x, axis=0, keepdims=True)
-    return tf.math.unsorted_segment_sum(x, self.ids, self.layout.num_tensors) / self.counts
+    return tf.math.unsorted_segment_sum(x, self.ids, self.num_segments) / self.counts
 
   def broadcast(self, x: tf.Tensor) -> tf.Tensor:
     """[T, k] -> [N, k]: each tensor's row repeated over its elements."""
-    if self.layout.num_tensors == 1:
-      return tf.broadcast_to(x, [self.layout.total, x.shape[-1]])
+    if self.single:
+      return tf.broadcast_to(x, [self.total, x.shape[-1]])
     return tf.gather(x, self.ids)
+
+  def tensor_mean(self, x: tf.Tensor) -> tf.Tensor:
+    """[T, k] -> [1, k] mean over the real tensors."""
+    if self.tensor_mask is None:
+      return tf.reduce_mean(x, axis=0, keepdims=True)
+    mask = self.tensor_mask[:, None]
+    return tf.reduce_sum(x * mask, axis=0, keepdims=True) / tf.reduce_sum(mask)
+
+  def element_mean(self, x: tf.Tensor) -> tf.Tensor:
+    """[N] -> scalar mean over the real elements."""
+    if self.element_mask is None:
+      return tf.reduce_mean(x)
+    return tf.reduce_sum(x * self.element_mask) / tf.reduce_sum(self.element_mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,7 +370,7 @@ def sample_initial_log_lr(layout: Layout, seed, lr_range=(1e-6, 1e-2),
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 2)
   per_tensor = tf.random.stateless_uniform([layout.num_tensors, 1], seeds[0], lo, hi)
   per_element = tf.random.stateless_uniform([layout.total], seeds[1], lo, hi)
-  log_lr = per_element + tf.reshape(_Segments(layout).broadcast(per_tensor), [-1])
+  log_lr = per_element + tf.reshape(Segments.from_layout(layout).broadcast(per_tensor), [-1])
   return tf.clip_by_value(log_lr, -max_log_lr, max_log_lr)
 
 
@@ -405,10 +450,25 @@ def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
   for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
     if tuple(g.shape) != shape:
       raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, expected {shape}")
+  update, new_state = step_flat(meta, state, layout.flatten(grads), config,
+                                Segments.from_layout(layout))
+  updates = layout.unflatten(update)
+  if not all(present):
+    new_state = _keep_absent(state, new_state, present, layout)
+    updates = [u if p else tf.zeros_like(u) for u, p in zip(updates, present)]
+  return StepOutput(updates, new_state)
+
+
+def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNConfig,
+              seg: Segments) -> tuple[tf.Tensor, State]:
+  """The step on the flat vector: grad [N] -> (update [N], new state); see `step`.
+
+  `seg` says which tensor every row belongs to (and, for padded vectors, which rows and
+  tensor slots are real: padded rows get a zero update and stay out of every statistic).
+  """
   meta = {k: tf.cast(v, tf.float32) for k, v in meta.items()}
-  seg = _Segments(layout)
   s = config.num_timescales
-  g = layout.flatten(grads)[:, None]                                  # [N, 1]
+  g = tf.reshape(tf.cast(grad, tf.float32), [-1, 1])                 # [N, 1]
   first_step = tf.equal(state.step, 0)
 
   # Multi-timescale momentum (eq. 1) and RMS of the averaged gradients (eq. 2).
@@ -427,7 +487,7 @@ def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
     log_ms = tf.math.log(mean_square + _EPS)
     features.append(log_ms - tf.reduce_mean(log_ms, axis=1, keepdims=True))
   if config.use_relative_lr:
-    features.append((state.log_lr - tf.reduce_mean(state.log_lr))[:, None])
+    features.append((state.log_lr - seg.element_mean(state.log_lr))[:, None])
   x = tf.concat(features, axis=1)                                                   # [N, F]
 
   # Parameter GRU with biases from the previous Tensor and Global states (eq. 10).
@@ -441,7 +501,7 @@ def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
   tensor_hidden = _bias_gru(meta, "tensor_rnn", tensor_input, state.tensor_hidden, tensor_bias)
 
   # Global GRU on the mean over all tensors (eq. 12; the original used the last tensor only).
-  global_input = tf.reduce_mean(tensor_hidden, axis=0, keepdims=True)
+  global_input = seg.tensor_mean(tensor_hidden)
   global_hidden = _bias_gru(meta, "global_rnn", global_input, state.global_hidden, None)
 
   # Direction: readout + gradient shortcut (A.1), unit RMS per tensor (eq. 5).
@@ -503,11 +563,11 @@ def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
       param_hidden=param_hidden, momentum=momentum, mean_square=mean_square, log_lr=log_lr,
       nominal_rms=nominal_rms, attention_offset=attention_offset, tensor_hidden=tensor_hidden,
       global_hidden=global_hidden, step=state.step + 1)
-  updates = layout.unflatten(update)
-  if not all(present):
-    new_state = _keep_absent(state, new_state, present, layout)
-    updates = [u if p else tf.zeros_like(u) for u, p in zip(updates, present)]
-  return StepOutput(updates, new_state)
+  if seg.element_mask is not None:
+    update = update * seg.element_mask
+    if config.use_attention:
+      new_state = new_state._replace(attention_offset=attention_offset * seg.element_mask)
+  return update, new_state
 
 
 def _keep_absent(old: State, new: State, present: Sequence[bool], layout: Layout) -> State:
