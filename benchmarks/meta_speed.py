@@ -8,6 +8,16 @@ first call (trace / XLA compilation) is timed separately and excluded from the r
   python benchmarks/meta_speed.py
   python benchmarks/meta_speed.py --problems quadratic_d25,quadratic_d2048 --steps 100
   python benchmarks/meta_speed.py --modes function,xla --config stable --nogradients
+
+--breakdown: where a meta-training run's wall time goes, from a cold process. Runs
+train_meta's Trainer for --seconds in a fresh child process per --compile_by variant (so every
+variant pays its own compiles) and prints the ledger of meta/profile.py (Python tracing,
+compile, unroll execution, meta-update, checkpointing, evaluation, data), meta-steps/s, inner
+steps backpropagated per CPU-second, first-meta-step latency and peak / final RSS; then splits
+one compile into TF->HLO lowering, HLO optimisation and code generation for --split_problems.
+Writes benchmarks/results/meta_speed/breakdown_<tag>.{json,md}.
+
+  python -m benchmarks.meta_speed --breakdown --seconds 600 --tag before
 """
 
 from __future__ import annotations
@@ -34,10 +44,23 @@ def define_flags():
   flags.DEFINE_integer("repeats", 3, "Timed unrolls per (problem, mode); the median is shown.")
   flags.DEFINE_enum("config", "paper", ["paper", "stable"], "Optimizer preset.")
   flags.DEFINE_bool("gradients", True, "Include the meta-gradient (what meta-training does).")
+  flags.DEFINE_bool("breakdown", False, "Wall-time breakdown of a cold meta-training run.")
+  flags.DEFINE_float("seconds", 600.0, "--breakdown: meta-training seconds per variant.")
+  flags.DEFINE_string("compile_by", "", "--breakdown: comma-separated compile_by variants "
+                      "(empty: the trainer's default).")
+  flags.DEFINE_string("train_problems", "default", "--breakdown: the --problems of the run.")
+  flags.DEFINE_string("split_problems", "bowl_k1,quadratic_d784,sum_quadratics7",
+                      "--breakdown: problems whose first compile is split into stages.")
+  flags.DEFINE_string("tag", "", "--breakdown: name of the results files.")
+  flags.DEFINE_string("child", "", "Internal: run one breakdown variant and print JSON.")
 
 
 def main(argv):
   del argv
+  if FLAGS.child:
+    return _child(FLAGS.child)
+  if FLAGS.breakdown:
+    return _breakdown()
   import numpy as np
   import tensorflow as tf
 
@@ -80,6 +103,163 @@ def main(argv):
   for name, num_params, rates in rows:
     cells = " | ".join(f"{rates[m][0]:>8,.0f} [{rates[m][1]:>5.1f}s]" for m in modes)
     print(f"| {name:<22} | {num_params:>6} | {cells} |")
+
+
+# --- breakdown of a cold meta-training run -------------------------------------------------
+
+_PROCESS_START = time.perf_counter()
+
+
+def _rss_mb(field: str) -> float:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024.0
+  return float("nan")
+
+
+def _child(spec: str) -> None:
+  """One variant in this (fresh) process: meta-train for --seconds, print the ledger as JSON."""
+  import json
+  import tempfile
+
+  from meta import profile
+  from meta import trainer as trainer_lib
+
+  args = json.loads(spec)
+  profile.LEDGER.reset(enabled=True)
+  cpu0 = time.process_time()
+  with tempfile.TemporaryDirectory() as train_dir:
+    options = trainer_lib.Options(
+        train_dir=train_dir, config="stable", problems=args["problems"], meta_l2=0.1,
+        max_steps=10**9, checkpoint_every_secs=60.0, log_every_steps=10**9, seed=0,
+        **({"compile_by": args["compile_by"]} if args["compile_by"] else {}))
+    trainer = trainer_lib.Trainer(options)
+    setup = time.perf_counter() - _PROCESS_START
+    trainer.run(stop_after=1)
+    first_step = time.perf_counter() - _PROCESS_START
+    trainer.run(stop_after_secs=max(args["seconds"] - first_step, 0.0))
+    wall = time.perf_counter() - _PROCESS_START
+    cpu = time.process_time() - cpu0
+    from meta import checkpoints
+    history = checkpoints.read_history(train_dir)
+    inner = sum(int(r["steps"]) for r in history)
+    result = {
+        "compile_by": args["compile_by"] or "default", "problems": args["problems"],
+        "wall_secs": wall, "cpu_secs": cpu, "setup_secs": setup,
+        "first_meta_step_secs": first_step, "meta_steps": trainer.step, "inner_steps": inner,
+        "compiled_functions": trainer.unroller.num_compiled(),
+        "problems_seen": len(trainer.unroller),
+        "ledger": dict(profile.LEDGER.seconds), "ledger_counts": dict(profile.LEDGER.counts),
+        "peak_rss_mb": _rss_mb("VmHWM"), "final_rss_mb": _rss_mb("VmRSS"),
+        "split": _compile_split(args["split"]),
+    }
+  print("BREAKDOWN_JSON " + json.dumps(result))
+
+
+def _compile_split(names) -> list:
+  """For each problem: trace, TF->HLO lowering, HLO optimisation, rest of the first call."""
+  import tensorflow as tf
+
+  import problems
+  from learned_opt import config as config_lib
+  from learned_opt import hrnn
+  from meta import unroll as unroll_lib
+
+  config = config_lib.stable()
+  meta = hrnn.MetaParams(config).as_dict()
+  rows = []
+  for name in names:
+    problem = problems.get(name)
+    data = unroll_lib.data_tensors(problem.sample_data(1))
+    carry = unroll_lib.start_carry(problem, meta, config, data, 1, [1, 2])
+    # A fresh Unroller setting (max_steps) so that nothing is cached from the run.
+    unroller = unroll_lib.Unroller(config, max_steps=255)
+    fn = unroller.function_for(problem)
+    args = (dict(meta), carry, dict(data), tf.constant(32), tf.constant([3, 4]))
+    t0 = time.perf_counter()
+    fn.get_concrete_function(*args)
+    t1 = time.perf_counter()
+    fn.experimental_get_compiler_ir(*args)(stage="hlo")
+    t2 = time.perf_counter()
+    fn.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
+    t3 = time.perf_counter()
+    float(fn(*args).meta_loss)
+    t4 = time.perf_counter()
+    float(fn(*args).meta_loss)
+    t5 = time.perf_counter()
+    rows.append({"problem": name, "trace": t1 - t0, "lower_to_hlo": t2 - t1,
+                 "hlo_optimise": max((t3 - t2) - (t2 - t1), 0.0),
+                 "first_call": t4 - t3, "execute": t5 - t4})
+  return rows
+
+
+def _breakdown() -> None:
+  import json
+  import subprocess
+
+  variants = [v.strip() for v in FLAGS.compile_by.split(",")] if FLAGS.compile_by else [""]
+  split = [p.strip() for p in FLAGS.split_problems.split(",") if p.strip()]
+  results = []
+  for variant in variants:
+    spec = json.dumps({"compile_by": variant, "problems": FLAGS.train_problems,
+                       "seconds": FLAGS.seconds, "split": split})
+    print(f"running variant {variant or 'default'} for {FLAGS.seconds:.0f} s in a fresh process",
+          flush=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.meta_speed", "--child", spec],
+                          capture_output=True, text=True, cwd=_ROOT, check=False)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("BREAKDOWN_JSON ")]
+    if proc.returncode or not lines:
+      sys.stderr.write(proc.stderr[-5000:])
+      raise SystemExit(f"variant {variant!r} failed (exit {proc.returncode})")
+    results.append(json.loads(lines[-1][len("BREAKDOWN_JSON "):]))
+  text = _breakdown_table(results)
+  print(text)
+  out_dir = os.path.join(_ROOT, "benchmarks", "results", "meta_speed")
+  os.makedirs(out_dir, exist_ok=True)
+  tag = FLAGS.tag or "latest"
+  with open(os.path.join(out_dir, f"breakdown_{tag}.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(out_dir, f"breakdown_{tag}.md"), "w") as f:
+    f.write(text + "\n")
+
+
+def _breakdown_table(results) -> str:
+  from meta import profile
+
+  lines = ["| | " + " | ".join(r["compile_by"] for r in results) + " |",
+           "|---|" + "---:|" * len(results)]
+  def row(label, fn):
+    lines.append(f"| {label} | " + " | ".join(fn(r) for r in results) + " |")
+  row("wall time (s)", lambda r: f"{r['wall_secs']:.0f}")
+  row("CPU time (s)", lambda r: f"{r['cpu_secs']:.0f}")
+  for cat in profile.CATEGORIES:
+    row(f"  {cat} (s, % of wall)", lambda r, c=cat: f"{r['ledger'].get(c, 0.0):.1f} "
+        f"({100 * r['ledger'].get(c, 0.0) / r['wall_secs']:.0f} %)")
+  row("  other: process start, imports, setup, logging (s)", lambda r: f"{r['wall_secs'] - sum(r['ledger'].values()):.1f}")
+  row("compiled unroll functions", lambda r: str(r["compiled_functions"]))
+  row("problems run", lambda r: str(r["problems_seen"]))
+  row("meta-steps", lambda r: str(r["meta_steps"]))
+  row("meta-steps / s", lambda r: f"{r['meta_steps'] / r['wall_secs']:.2f}")
+  row("inner steps backpropagated", lambda r: f"{r['inner_steps']:,}")
+  row("inner steps / CPU-second", lambda r: f"{r['inner_steps'] / r['cpu_secs']:.0f}")
+  row("first meta-step after process start (s)", lambda r: f"{r['first_meta_step_secs']:.1f}")
+  row("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}")
+  row("final RSS (MB)", lambda r: f"{r['final_rss_mb']:.0f}")
+  out = "\n".join(lines)
+  split_lines = ["", "", "One problem's first compile, split (seconds): trace | TF->HLO lowering | "
+                 "HLO optimisation | first call (all compile stages + execution) | execution",
+                 "", "| variant | problem | trace | lower | HLO opt | first call | execute |",
+                 "|---|---|---:|---:|---:|---:|---:|"]
+  for r in results:
+    for s in r["split"]:
+      split_lines.append(f"| {r['compile_by']} | {s['problem']} | {s['trace']:.1f} | "
+                         f"{s['lower_to_hlo']:.1f} | {s['hlo_optimise']:.1f} | "
+                         f"{s['first_call']:.1f} | {s['execute']:.2f} |")
+  return out + "\n".join(split_lines)
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 if __name__ == "__main__":

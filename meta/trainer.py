@@ -55,6 +55,7 @@ from learned_opt import hrnn
 from learned_opt import weights as weights_lib
 from meta import checkpoints
 from meta import meta_optimizer
+from meta import profile
 from meta import strategy as strategy_lib
 from meta import unroll as unroll_lib
 
@@ -417,9 +418,10 @@ class Trainer:
       self.trajectory = restored[0] if restored else None
 
   def save(self) -> None:
-    self.train_state.sampler.assign(self.sampler.state_json())
-    self.train_state.trajectories.assign(self._pack_trajectories())
-    self.manager.save(checkpoint_number=int(self.train_state.step.numpy()))
+    with profile.LEDGER.time("checkpoint"):
+      self.train_state.sampler.assign(self.sampler.state_json())
+      self.train_state.trajectories.assign(self._pack_trajectories())
+      self.manager.save(checkpoint_number=int(self.train_state.step.numpy()))
 
   @property
   def step(self) -> int:
@@ -462,10 +464,11 @@ class Trainer:
     seeds = self.sampler.step_seeds()
     if trajectory.unroll_index == 0:
       trajectory.carries = {}
-    for rid in self._local_ids:
-      if rid not in trajectory.carries:
-        trajectory.carries[rid] = self._start(trajectory, previous, rid)
-    datas = {rid: self._data(problem, trajectory.data_seeds[rid]) for rid in self._local_ids}
+    with profile.LEDGER.time("data"):
+      for rid in self._local_ids:
+        if rid not in trajectory.carries:
+          trajectory.carries[rid] = self._start(trajectory, previous, rid)
+      datas = {rid: self._data(problem, trajectory.data_seeds[rid]) for rid in self._local_ids}
     start = time.perf_counter()
     if self.strategy is None:
       out = self.unroller(problem, self.meta.as_dict(), trajectory.carries[0], datas[0],
@@ -473,7 +476,8 @@ class Trainer:
       outs = {0: out}
       valid = bool(out.finite)
       if valid:
-        self._apply(out.meta_grads)
+        with profile.LEDGER.time("meta_update"):
+          self._apply(out.meta_grads)
       num_valid = int(valid)
     else:
       outs, num_valid = self._mirrored_step(problem, trajectory, datas, num_steps, seeds)
@@ -613,8 +617,9 @@ class Trainer:
 
   # --- the loop --------------------------------------------------------------------------
 
-  def run(self, stop_after: int | None = None) -> dict:
-    """Meta-trains until max_steps (or `stop_after` steps of this call); exports if asked."""
+  def run(self, stop_after: int | None = None, stop_after_secs: float | None = None) -> dict:
+    """Meta-trains until max_steps (or `stop_after` steps / `stop_after_secs` seconds of this
+    call); exports if asked."""
     o = self.options
     writer = tf.summary.create_file_writer(str(self.train_dir / "summaries")) \
         if self.chief else tf.summary.create_noop_writer()
@@ -629,7 +634,8 @@ class Trainer:
                "strategy %s", self.step, o.max_steps, len(self.pool), self.num_replicas,
                o.strategy)
     try:
-      while self.step < o.max_steps and (stop_after is None or done_here < stop_after):
+      while (self.step < o.max_steps and (stop_after is None or done_here < stop_after)
+             and (stop_after_secs is None or time.time() - wall_start < stop_after_secs)):
         compiled = len(self.unroller)
         infos = self._ps_round(coordinator) if self.is_ps else [self.train_step()]
         done_here += len(infos)

@@ -27,6 +27,7 @@ import tensorflow as tf
 from learned_opt import hrnn
 from learned_opt.config import HRNNConfig
 from meta import objective
+from meta import profile
 
 
 class Carry(NamedTuple):
@@ -70,7 +71,11 @@ def start_carry(problem, meta: Mapping[str, tf.Tensor], config: HRNNConfig, data
 
 def _full_loss(problem, params, data):
   # Compiled so that eager and XLA values of f_init agree with what the unroll computes.
-  return _compiled_full_loss(problem)(list(params), dict(data))
+  fresh = problem.name not in _FULL_LOSS_CACHE
+  fn = _compiled_full_loss(problem)
+  if fresh:
+    return profile.first_call(fn, (list(params), dict(data)), exec_category="data")
+  return fn(list(params), dict(data))
 
 
 _FULL_LOSS_CACHE: dict[str, Callable] = {}
@@ -180,13 +185,18 @@ class Unroller:
     self.second_derivatives = bool(second_derivatives)
     self.mode = mode
     self._names: set = set()
+    self._keys: set = set()
+
+  def _key(self, problem, compute_gradients: bool) -> tuple:
+    return (self.config.to_json(), self.max_steps, self.second_derivatives, self.mode,
+            problem.name, compute_gradients)
 
   def function_for(self, problem, compute_gradients: bool = True) -> Callable:
     # Process-wide cache: every Unroller with the same settings (trainers, evaluation,
     # tests) shares one compiled function per problem name.
-    key = (self.config.to_json(), self.max_steps, self.second_derivatives, self.mode,
-           problem.name, compute_gradients)
+    key = self._key(problem, compute_gradients)
     self._names.add(problem.name)
+    self._keys.add(key)
     if key not in _COMPILED:
       def fn(meta, carry, data, num_steps, seed):
         return unroll(problem, meta, carry, data, num_steps, seed, self.config,
@@ -199,9 +209,21 @@ class Unroller:
 
   def __call__(self, problem, meta, carry: Carry, data, num_steps, seed,
                compute_gradients: bool = True) -> UnrollOutput:
+    fresh = self._key(problem, compute_gradients) not in _COMPILED
     fn = self.function_for(problem, compute_gradients)
-    return fn(dict(meta), carry, dict(data), tf.constant(num_steps, tf.int32),
-              tf.constant(seed, tf.int32))
+    args = (dict(meta), carry, dict(data), tf.constant(num_steps, tf.int32),
+            tf.constant(seed, tf.int32))
+    if fresh:
+      return profile.first_call(fn, args)
+    with profile.LEDGER.time("unroll"):
+      out = fn(*args)
+      if profile.LEDGER.enabled:
+        profile._block(out)  # pylint: disable=protected-access
+    return out
+
+  def num_compiled(self) -> int:
+    """Compiled functions this unroller has used: unrolls, plus the f_init losses."""
+    return len(self._keys) + len(_FULL_LOSS_CACHE)
 
   def __len__(self):
     """Number of problems this unroller has run (each compiled once per process)."""

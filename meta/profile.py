@@ -1,0 +1,88 @@
+"""Where a meta-training process spends its time: a process-wide, opt-in wall-time ledger.
+
+`benchmarks/meta_speed.py --breakdown` turns it on in a cold process and prints the ledger.
+Categories:
+
+  trace        Python tracing of a compiled unroll (building the TF graph, incl. its
+               meta-gradient graph): `get_concrete_function`.
+  compile      graph optimisation + XLA compilation: the first call of a compiled function
+               minus a second, identical call (which only executes).
+  unroll       executing partial unrolls (inner steps, meta-loss, meta-gradient).
+  meta_update  applying the meta-optimizer to the meta-gradient.
+  checkpoint   writing checkpoints.
+  evaluation   validation / evaluation runs inside meta-training.
+  data         sampling problem instances' data and fresh carries (incl. f_init).
+
+With the ledger off (the default) nothing is timed and compiled functions are called once.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+
+CATEGORIES = ("trace", "compile", "unroll", "meta_update", "checkpoint", "evaluation", "data")
+
+
+class Ledger:
+  def __init__(self):
+    self.enabled = False
+    self.seconds: dict[str, float] = collections.defaultdict(float)
+    self.counts: dict[str, int] = collections.defaultdict(int)
+
+  def reset(self, enabled: bool = True) -> None:
+    self.enabled = enabled
+    self.seconds.clear()
+    self.counts.clear()
+
+  def add(self, category: str, seconds: float) -> None:
+    if self.enabled:
+      self.seconds[category] += seconds
+      self.counts[category] += 1
+
+  @contextlib.contextmanager
+  def time(self, category: str):
+    if not self.enabled:
+      yield
+      return
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.add(category, time.perf_counter() - start)
+
+
+LEDGER = Ledger()
+
+
+def first_call(fn, args, exec_category: str = "unroll") -> object:
+  """Calls a fresh tf.function, booking trace and compile time when the ledger is on.
+
+  Runs it twice when timing (the second call is the result and is booked as execution), so
+  compile = first call - second call. Used by the unroller on each function's first use.
+  """
+  if not LEDGER.enabled:
+    return fn(*args)
+  start = time.perf_counter()
+  concrete = fn.get_concrete_function(*args) if hasattr(fn, "get_concrete_function") else None
+  traced = time.perf_counter()
+  _block(fn(*args))
+  first = time.perf_counter() - traced
+  start2 = time.perf_counter()
+  out = fn(*args)
+  _block(out)
+  second = time.perf_counter() - start2
+  del concrete
+  LEDGER.add("trace", traced - start)
+  LEDGER.add("compile", max(first - second, 0.0))
+  LEDGER.add(exec_category, second)
+  return out
+
+
+def _block(out) -> None:
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  for leaf in tf.nest.flatten(out):
+    if hasattr(leaf, "numpy"):
+      leaf.numpy()
+      return
