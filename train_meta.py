@@ -106,6 +106,9 @@ flags.DEFINE_enum("strategy", _D.strategy, ["default", "mirrored", "multi_worker
                                             "parameter_server"], "tf.distribute strategy.")
 flags.DEFINE_enum("unroll_mode", _D.unroll_mode, ["xla", "function", "eager"],
                   "How unrolls run: xla (fastest on CPU), function, eager.")
+flags.DEFINE_enum("compile_by", _D.compile_by, ["bucket", "problem"],
+                  "bucket: problems of one padded size share one compiled unroll (a handful "
+                  "of compiles for the whole pool); problem: one compiled unroll per problem.")
 flags.DEFINE_float("checkpoint_every_secs", _D.checkpoint_every_secs,
                    "Checkpoint interval in seconds (0: off).")
 flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,

@@ -14,6 +14,8 @@ Categories:
   data         sampling problem instances' data and fresh carries (incl. f_init).
 
 With the ledger off (the default) nothing is timed and compiled functions are called once.
+Categories are exclusive: time booked inside an open `time()` block (e.g. a first compile
+while sampling data) is taken out of that block's own category.
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ class Ledger:
     self.enabled = False
     self.seconds: dict[str, float] = collections.defaultdict(float)
     self.counts: dict[str, int] = collections.defaultdict(int)
+    self._booked_inside: list[float] = []   # per open block: seconds booked by inner blocks.
 
   def reset(self, enabled: bool = True) -> None:
     self.enabled = enabled
     self.seconds.clear()
     self.counts.clear()
+    self._booked_inside.clear()
 
   def add(self, category: str, seconds: float) -> None:
     if self.enabled:
       self.seconds[category] += seconds
       self.counts[category] += 1
+      if self._booked_inside:
+        self._booked_inside[-1] += seconds
 
   @contextlib.contextmanager
   def time(self, category: str):
@@ -47,10 +53,16 @@ class Ledger:
       yield
       return
     start = time.perf_counter()
+    self._booked_inside.append(0.0)
     try:
       yield
     finally:
-      self.add(category, time.perf_counter() - start)
+      elapsed = time.perf_counter() - start
+      own = elapsed - self._booked_inside.pop()
+      self.seconds[category] += own
+      self.counts[category] += 1
+      if self._booked_inside:
+        self._booked_inside[-1] += elapsed
 
 
 LEDGER = Ledger()

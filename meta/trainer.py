@@ -91,6 +91,9 @@ class Options:
   init_seed: int = 0
   strategy: str = "default"
   unroll_mode: str = "xla"
+  # "bucket": problems of one padded size share a compiled unroll (meta/unroll.py `_Group`);
+  # "problem": one compiled unroll per problem (the pre-bucketing behaviour).
+  compile_by: str = "bucket"
   checkpoint_every_secs: float = 60.0
   checkpoint_every_steps: int = 0
   keep_checkpoints: int = 3
@@ -132,6 +135,8 @@ class Options:
          f"--strategy must be one of {strategy_lib.NAMES}, got {self.strategy!r}")
     need(self.unroll_mode in unroll_lib.Unroller.MODES,
          f"--unroll_mode must be one of {unroll_lib.Unroller.MODES}, got {self.unroll_mode!r}")
+    need(self.compile_by in unroll_lib.COMPILE_BY,
+         f"--compile_by must be one of {unroll_lib.COMPILE_BY}, got {self.compile_by!r}")
     need(self.checkpoint_every_secs >= 0 and self.checkpoint_every_steps >= 0,
          "checkpoint intervals must be >= 0")
     need(self.keep_checkpoints >= 1, "--keep_checkpoints must be >= 1")
@@ -310,7 +315,8 @@ class Trainer:
     self.sampler = Sampler(options, self.pool, self.num_replicas)
     self.unroller = unroll_lib.Unroller(
         self.config, max_steps=options.max_unroll_steps,
-        second_derivatives=options.second_derivatives, mode=options.unroll_mode)
+        second_derivatives=options.second_derivatives, mode=options.unroll_mode,
+        compile_by=options.compile_by, problems=self.pool)
 
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
@@ -340,20 +346,26 @@ class Trainer:
     self.can_hand_over = self.strategy is None or isinstance(
         self.strategy, tf.distribute.MirroredStrategy)
     if (self.chief and not read_only and kernel_budget and options.max_steps
-        and len(self.pool) * MAPS_PER_PROBLEM > kernel_budget):
+        and self._functions_to_compile() * MAPS_PER_PROBLEM > kernel_budget):
       log.warning(
-          "vm.max_map_count is %d; compiling all %d problems needs about %d memory maps, and "
+          "vm.max_map_count is %d; compiling all %d unroll functions needs about %d memory maps, and "
           "XLA never frees them. %s Raise the limit to avoid this: "
-          "sudo sysctl -w vm.max_map_count=%d", limit, len(self.pool),
-          len(self.pool) * MAPS_PER_PROBLEM,
+          "sudo sysctl -w vm.max_map_count=%d", limit, self._functions_to_compile(),
+          self._functions_to_compile() * MAPS_PER_PROBLEM,
           "train_meta.py will checkpoint and continue in a fresh process (recompiling) when "
           "the budget is reached." if self.can_hand_over else
           "This strategy cannot continue in a fresh process by itself: the run will fail "
           "when the limit is reached (resume it by re-running the command).",
-          max(262144, 2 * len(self.pool) * MAPS_PER_PROBLEM))
+          max(262144, 2 * self._functions_to_compile() * MAPS_PER_PROBLEM))
     self._restore()
 
   # --- bookkeeping ----------------------------------------------------------------------
+
+  def _functions_to_compile(self) -> int:
+    """Compiled unrolls the whole pool needs: one per problem, or one per size group."""
+    if self.options.compile_by == "bucket":
+      return self.unroller.num_groups()
+    return len(self.pool)
 
   def _local_replica_ids(self) -> list[int]:
     if self.strategy is None or self.is_ps:
@@ -451,7 +463,8 @@ class Trainer:
     log_lr_seed = [trajectory.init_seeds[rid] % (2**31 - 1), 7919]
     return unroll_lib.start_carry(
         problem, self.meta.as_dict(), self.config, data, trajectory.init_seeds[rid],
-        log_lr_seed, lr_range=(self.options.lr_min, self.options.lr_max), state=keep_state)
+        log_lr_seed, lr_range=(self.options.lr_min, self.options.lr_max), state=keep_state,
+        unroller=self.unroller)
 
   def train_step(self) -> dict:
     """Runs one partial unroll on every replica and one meta-update. Returns diagnostics."""

@@ -52,12 +52,14 @@ class UnrollOutput(NamedTuple):
 
 def start_carry(problem, meta: Mapping[str, tf.Tensor], config: HRNNConfig, data,
                 init_seed: int, log_lr_seed, lr_range=(1e-6, 1e-2),
-                state: hrnn.State | None = None) -> Carry:
+                state: hrnn.State | None = None, unroller=None) -> Carry:
   """Carry at a trajectory start: fresh parameters, f_init, and fresh state unless given.
 
   Args:
     log_lr_seed: int32 [2] seed of `hrnn.sample_initial_log_lr` (reference §1.6 distribution).
     state: optimizer state to keep instead of a fresh one (reset rule, see meta/trainer.py).
+    unroller: computes f_init with its compiled loss (one per group when bucketed); else a
+      compiled loss per problem.
   """
   layout = hrnn.Layout(problem.param_shapes())
   params = [tf.constant(p) for p in problem.init_params(int(init_seed))]
@@ -65,7 +67,10 @@ def start_carry(problem, meta: Mapping[str, tf.Tensor], config: HRNNConfig, data
     log_lr = hrnn.sample_initial_log_lr(layout, tf.constant(log_lr_seed, tf.int32),
                                         lr_range=lr_range, max_log_lr=config.max_log_lr)
     state = hrnn.init_state(meta, layout, config, log_lr)
-  initial_loss = _full_loss(problem, params, data)
+  if unroller is not None:
+    initial_loss = unroller.full_loss(problem, params, data)
+  else:
+    initial_loss = _full_loss(problem, params, data)
   return Carry(params, state, initial_loss)
 
 
@@ -88,10 +93,30 @@ def _compiled_full_loss(problem):
   return _FULL_LOSS_CACHE[problem.name]
 
 
+class _Target(NamedTuple):
+  """What the unroll loop needs from a problem, on the flat parameter vector."""
+  gradients: Callable   # (flat params, step seed) -> (objective loss or None, flat gradient)
+  full_loss: Callable   # flat params -> full-data loss
+  segments: hrnn.Segments
+  needs_full_loss: bool # the meta-objective's f is the full loss (minibatch problems)
+
+
+def _problem_target(problem, data) -> _Target:
+  """The target of one problem at its own size (no padding)."""
+  layout = hrnn.Layout(problem.param_shapes())
+
+  def gradients(flat, step_seed):
+    loss, grads = problem.gradients(layout.unflatten(flat), data, step_seed)
+    return loss, layout.flatten(grads)
+
+  return _Target(gradients, lambda flat: problem.full_loss(layout.unflatten(flat), data),
+                 hrnn.Segments.from_layout(layout), problem.batch_size is not None)
+
+
 def unroll(problem, meta: Mapping[str, tf.Tensor], carry: Carry, data, num_steps, seed,
            config: HRNNConfig, *, max_steps: int, second_derivatives: bool = True,
            compute_gradients: bool = True) -> UnrollOutput:
-  """One partial unroll (uncompiled; `Unroller` compiles it per problem name).
+  """One partial unroll of one problem (uncompiled; `Unroller` compiles it).
 
   Args:
     meta: meta-parameter values (tensors, not variables: the function is pure).
@@ -101,132 +126,409 @@ def unroll(problem, meta: Mapping[str, tf.Tensor], carry: Carry, data, num_steps
     max_steps: static bound of the while loop (sizes XLA's gradient accumulators).
   """
   layout = hrnn.Layout(problem.param_shapes())
+  out = _unroll_flat(_problem_target(problem, data), meta, layout.flatten(carry.params),
+                     carry.state, carry.initial_loss, num_steps, seed, config,
+                     max_steps=max_steps, second_derivatives=second_derivatives,
+                     compute_gradients=compute_gradients)
+  flat_params = out.carry.params[0]
+  return out._replace(carry=Carry(layout.unflatten(flat_params), out.carry.state,
+                                  carry.initial_loss))
+
+
+def _unroll_flat(target: _Target, meta, params, state, initial_loss, num_steps, seed,
+                 config: HRNNConfig, *, max_steps: int, second_derivatives: bool,
+                 compute_gradients: bool) -> UnrollOutput:
+  """The unroll loop on a flat parameter vector [N] (the carry's params is [flat])."""
+  seg = target.segments
   meta = {k: tf.convert_to_tensor(v) for k, v in meta.items()}
   num_steps = tf.minimum(tf.cast(num_steps, tf.int32), max_steps)
   seed = tf.cast(seed, tf.int32)
-  needs_full_loss = problem.batch_size is not None
+  initial_loss = tf.convert_to_tensor(initial_loss, tf.float32)
 
-  def loss_at(params, state):
-    return problem.full_loss(hrnn.true_params(params, state, layout), data)
+  def theta(flat, state):
+    """True parameters from the variables' values (they differ only with attention)."""
+    if state.attention_offset.shape[0] == 0:
+      return flat
+    return flat - state.attention_offset
 
   def body_and_loss():
-    initial_loss = tf.convert_to_tensor(carry.initial_loss, tf.float32)
-    start_term = objective.log_relative_loss(loss_at(carry.params, carry.state), initial_loss)
+    start_term = objective.log_relative_loss(target.full_loss(theta(params, state)),
+                                             initial_loss)
 
-    def cond(i, params, state, total):
+    def cond(i, flat, state, total):
       return tf.logical_and(i < num_steps, tf.math.is_finite(total))
 
-    def body(i, params, state, total):
-      minibatch_loss, grads = problem.gradients(
-          params, data, tf.random.experimental.stateless_fold_in(seed, i))
+    def body(i, flat, state, total):
+      minibatch_loss, grad = target.gradients(
+          flat, tf.random.experimental.stateless_fold_in(seed, i))
       if not second_derivatives:
-        grads = [tf.stop_gradient(g) for g in grads]
+        grad = tf.stop_gradient(grad)
       # Full-batch problems: the minibatch loss *is* the full loss at these parameters (noise
       # and masks touch only the gradients); attention would evaluate at theta instead.
-      if needs_full_loss or config.use_attention:
-        loss = loss_at(params, state)
+      if target.needs_full_loss or config.use_attention:
+        loss = target.full_loss(theta(flat, state))
       else:
         loss = minibatch_loss
       total = total + objective.log_relative_loss(loss, initial_loss)
-      out = hrnn.step(meta, state, grads, config, layout)
-      params = [p - u for p, u in zip(params, out.updates)]
-      return i + 1, params, out.state, total
+      update, state = hrnn.step_flat(meta, state, grad, config, seg)
+      return i + 1, flat - update, state, total
 
-    steps, params, state, total = tf.while_loop(
-        cond, body, (tf.constant(0), list(carry.params), carry.state, start_term),
+    steps, flat, new_state, total = tf.while_loop(
+        cond, body, (tf.constant(0), params, state, start_term),
         maximum_iterations=max_steps)
     meta_loss = total / (tf.cast(steps, tf.float32) + 1.0)
-    return meta_loss, steps, params, state
+    return meta_loss, steps, flat, new_state
 
   if compute_gradients:
     with tf.GradientTape() as tape:
       tape.watch(meta)
-      meta_loss, steps, params, state = body_and_loss()
+      meta_loss, steps, flat, new_state = body_and_loss()
     meta_grads = tape.gradient(meta_loss, meta,
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
   else:
-    meta_loss, steps, params, state = body_and_loss()
+    meta_loss, steps, flat, new_state = body_and_loss()
     meta_grads = {}
-  final_loss = loss_at(params, state)
-  finite = tf.math.is_finite(meta_loss)
-  for p in params:
-    finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(p)))
-  log_lr = state.log_lr
-  mean = tf.reduce_mean(log_lr)
+  final_loss = target.full_loss(theta(flat, new_state))
+  finite = tf.logical_and(tf.math.is_finite(meta_loss),
+                          tf.reduce_all(tf.math.is_finite(flat)))
+  log_lr = new_state.log_lr
+  mean = seg.element_mean(log_lr)
+  if seg.element_mask is None:
+    low, high = tf.reduce_min(log_lr), tf.reduce_max(log_lr)
+  else:
+    real = seg.element_mask > 0
+    low = tf.reduce_min(tf.where(real, log_lr, np.inf))
+    high = tf.reduce_max(tf.where(real, log_lr, -np.inf))
   return UnrollOutput(
       meta_loss=meta_loss, meta_grads=dict(meta_grads),
-      carry=Carry(params, state, carry.initial_loss), steps=steps, final_loss=final_loss,
+      carry=Carry([flat], new_state, initial_loss), steps=steps, final_loss=final_loss,
       finite=finite, log_lr_mean=mean,
-      log_lr_std=tf.sqrt(tf.reduce_mean(tf.square(log_lr - mean))),
-      log_lr_min=tf.reduce_min(log_lr), log_lr_max=tf.reduce_max(log_lr))
+      log_lr_std=tf.sqrt(seg.element_mean(tf.square(log_lr - mean))),
+      log_lr_min=low, log_lr_max=high)
 
 
 _COMPILED: dict[tuple, Callable] = {}
 
+# Size buckets: a problem of N parameters runs padded to max(MIN_ROWS, next power of 2 >= N)
+# rows, in a group of at most MAX_BRANCHES problems of that size (one compiled function each).
+MIN_ROWS = 64
+MAX_BRANCHES = 64
+_DATA_DTYPES = (np.float32, np.int32)
+
+
+def padded_rows(num_params: int) -> int:
+  return max(MIN_ROWS, 1 << max(int(num_params) - 1, 0).bit_length())
+
+
+class _DataSpec(NamedTuple):
+  """Static layout of one problem's data dict inside a group's flat data buffers."""
+  entries: tuple            # (key, shape, dtype index, offset)
+  sizes: tuple              # total elements per dtype
+
+
+_DATA_SPECS: dict[str, _DataSpec] = {}
+
+
+def _data_spec(problem, data=None) -> _DataSpec:
+  """The problem's data layout (from one sample instance; every instance has these shapes)."""
+  if problem.name not in _DATA_SPECS:
+    if data is None:
+      data = problem.sample_data(0)
+    entries, sizes = [], [0] * len(_DATA_DTYPES)
+    for key in sorted(data):
+      value = np.asarray(data[key])
+      kinds = [i for i, d in enumerate(_DATA_DTYPES) if value.dtype == d]
+      if not kinds:
+        raise ValueError(f"{problem.name}: data entry {key!r} has dtype {value.dtype}; the "
+                         "bucketed unroll packs float32 and int32 data only")
+      entries.append((key, tuple(value.shape), kinds[0], sizes[kinds[0]]))
+      sizes[kinds[0]] += int(value.size)
+    _DATA_SPECS[problem.name] = _DataSpec(tuple(entries), tuple(sizes))
+  return _DATA_SPECS[problem.name]
+
+
+class _Group:
+  """Problems that share one compiled unroll: same padded size, one branch each.
+
+  The compiled function takes the problem's index in the group, its padded flat parameters
+  and state, its segment ids / counts / masks and its data packed into one float32 and one
+  int32 buffer, all as tensors; `tf.switch_case` picks the problem's loss. Everything else -
+  the inner loop, the hRNN step, the meta-objective and the meta-gradient - is traced and
+  compiled once for the group.
+  """
+
+  def __init__(self, problems):
+    self.problems = list(problems)
+    self.index = {p.name: i for i, p in enumerate(self.problems)}
+    self.rows = padded_rows(max(p.num_params for p in self.problems))
+    self.slots = max(len(p.param_shapes()) for p in self.problems) + 1
+    self.specs = [_data_spec(p) for p in self.problems]
+    self.buffer_sizes = [max(1, max(spec.sizes[k] for spec in self.specs))
+                         for k in range(len(_DATA_DTYPES))]
+    self.layouts = [hrnn.Layout(p.param_shapes()) for p in self.problems]
+    self.key = (self.rows, tuple(p.name for p in self.problems))
+
+  # --- per problem, outside the compiled function ----------------------------------------
+
+  def segments_arrays(self, problem) -> dict[str, np.ndarray]:
+    layout = self.layouts[self.index[problem.name]]
+    n, t = layout.total, layout.num_tensors
+    ids = np.full([self.rows], t, np.int32)           # padding rows: a slot of their own.
+    ids[:n] = np.repeat(np.arange(t, dtype=np.int32), layout.sizes)
+    counts = np.zeros([self.slots], np.float32)
+    counts[:t] = layout.sizes
+    counts[t] = self.rows - n
+    element_mask = np.zeros([self.rows], np.float32)
+    element_mask[:n] = 1.0
+    tensor_mask = np.zeros([self.slots], np.float32)
+    tensor_mask[:t] = 1.0
+    return {"ids": ids, "counts": counts, "element_mask": element_mask,
+            "tensor_mask": tensor_mask}
+
+  def pack_data(self, problem, data) -> list[tf.Tensor]:
+    spec = _data_spec(problem, data)
+    parts: list[list] = [[] for _ in _DATA_DTYPES]
+    for key, shape, kind, _ in spec.entries:
+      value = tf.convert_to_tensor(data[key])
+      if tuple(value.shape) != shape:
+        raise ValueError(f"{problem.name}: data entry {key!r} has shape {tuple(value.shape)}, "
+                         f"but this problem's instances have {shape}")
+      parts[kind].append(tf.reshape(tf.cast(value, _DATA_DTYPES[kind]), [-1]))
+    buffers = []
+    for kind, dtype in enumerate(_DATA_DTYPES):
+      size = spec.sizes[kind]
+      pad = tf.zeros([self.buffer_sizes[kind] - size], dtype)
+      buffers.append(tf.concat(parts[kind] + [pad], axis=0))
+    return buffers
+
+  def pad_carry(self, problem, carry: Carry) -> Carry:
+    layout = self.layouts[self.index[problem.name]]
+    extra = self.rows - layout.total
+    flat = tf.pad(layout.flatten(carry.params), [[0, extra]])
+    state = carry.state
+    rows = {f: _pad_rows(getattr(state, f), extra) for f in hrnn.PER_PARAMETER_FIELDS}
+    tensor_hidden = _pad_rows(state.tensor_hidden, self.slots - layout.num_tensors)
+    return Carry([flat], state._replace(tensor_hidden=tensor_hidden, **rows),
+                 carry.initial_loss)
+
+  def unpad_output(self, problem, out: UnrollOutput, carry: Carry) -> UnrollOutput:
+    layout = self.layouts[self.index[problem.name]]
+    n, t = layout.total, layout.num_tensors
+    state = out.carry.state
+    rows = {f: getattr(state, f)[:n] if getattr(state, f).shape[0] else getattr(state, f)
+            for f in hrnn.PER_PARAMETER_FIELDS}
+    state = state._replace(tensor_hidden=state.tensor_hidden[:t], **rows)
+    params = layout.unflatten(out.carry.params[0][:n])
+    return out._replace(carry=Carry(params, state, carry.initial_loss))
+
+  # --- inside the compiled function ------------------------------------------------------
+
+  def target(self, index, buffers, segments_arrays) -> _Target:
+    rows = self.rows
+
+    def problem_data(i):
+      spec, data = self.specs[i], {}
+      for key, shape, kind, offset in spec.entries:
+        size = int(np.prod(shape, dtype=np.int64))
+        data[key] = tf.reshape(buffers[kind][offset:offset + size], shape)
+      return data
+
+    def unflatten(i, flat):
+      return self.layouts[i].unflatten(flat[:self.layouts[i].total])
+
+    def pad(i, flat):
+      return tf.pad(flat, [[0, rows - self.layouts[i].total]])
+
+    def gradients(flat, step_seed):
+      def branch(i):
+        problem = self.problems[i]
+        def fn():
+          data = problem_data(i)
+          loss, grads = problem.gradients(unflatten(i, flat), data, step_seed)
+          if problem.batch_size is not None:   # the meta-objective's f: the full loss.
+            loss = problem.full_loss(unflatten(i, flat), data)
+          return loss, pad(i, self.layouts[i].flatten(grads))
+        return fn
+      return tf.switch_case(index, [branch(i) for i in range(len(self.problems))])
+
+    def full_loss(flat):
+      def branch(i):
+        return lambda: self.problems[i].full_loss(unflatten(i, flat), problem_data(i))
+      return tf.switch_case(index, [branch(i) for i in range(len(self.problems))])
+
+    segments = hrnn.Segments.padded(**segments_arrays)
+    # Minibatch problems' objective loss is computed inside their branch, so the loop never
+    # needs a second switch for it (needs_full_loss=False); attention evaluates at theta.
+    return _Target(gradients, full_loss, segments, False)
+
+
+def _pad_rows(x: tf.Tensor, extra: int) -> tf.Tensor:
+  if x.shape[0] == 0 or extra == 0:
+    return x
+  return tf.pad(x, [[0, extra]] + [[0, 0]] * (x.shape.rank - 1))
+
+
+COMPILE_BY = ("problem", "bucket")
+
 
 class Unroller:
-  """Caches one compiled unroll function per problem name (and mode).
+  """Compiled partial unrolls, cached process-wide.
 
   Args:
     mode: "xla" (tf.function(jit_compile=True), the default and fastest on CPU),
       "function" (tf.function without XLA) or "eager" (benchmarks and debugging).
+    compile_by: "problem" - one compiled function per problem name; "bucket" - the problems
+      of `problems` are grouped by padded size (`padded_rows`) and each group shares one
+      compiled function (see `_Group`), so a pool of ~100 problems compiles into a handful.
+      A problem outside `problems` gets a group of its own.
+    problems: the pool to group ("bucket" only).
   """
 
   MODES = ("xla", "function", "eager")
 
   def __init__(self, config: HRNNConfig, *, max_steps: int, second_derivatives: bool = True,
-               mode: str = "xla"):
+               mode: str = "xla", compile_by: str = "problem", problems=None):
     if mode not in self.MODES:
       raise ValueError(f"unknown unroll mode {mode!r}; choose one of {self.MODES}")
+    if compile_by not in COMPILE_BY:
+      raise ValueError(f"unknown compile_by {compile_by!r}; choose one of {COMPILE_BY}")
     if max_steps < 1:
       raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     self.config = config
     self.max_steps = int(max_steps)
     self.second_derivatives = bool(second_derivatives)
     self.mode = mode
+    self.compile_by = compile_by
     self._names: set = set()
     self._keys: set = set()
+    self._groups: dict[str, _Group] = {}
+    if compile_by == "bucket" and problems:
+      self._plan(problems)
+
+  def _plan(self, problems) -> None:
+    by_rows: dict[int, list] = {}
+    for problem in sorted({p.name: p for p in problems}.values(), key=lambda p: p.name):
+      by_rows.setdefault(padded_rows(problem.num_params), []).append(problem)
+    for rows in sorted(by_rows):
+      members = by_rows[rows]
+      for start in range(0, len(members), MAX_BRANCHES):
+        group = _Group(members[start:start + MAX_BRANCHES])
+        for problem in group.problems:
+          self._groups[problem.name] = group
+
+  def group_for(self, problem) -> _Group:
+    if problem.name not in self._groups:
+      self._groups[problem.name] = _Group([problem])
+    return self._groups[problem.name]
+
+  def num_groups(self) -> int:
+    return len({id(g) for g in self._groups.values()})
 
   def _key(self, problem, compute_gradients: bool) -> tuple:
+    what = (problem.name if self.compile_by == "problem"
+            else ("group",) + self.group_for(problem).key)
     return (self.config.to_json(), self.max_steps, self.second_derivatives, self.mode,
-            problem.name, compute_gradients)
+            what, compute_gradients)
 
-  def function_for(self, problem, compute_gradients: bool = True) -> Callable:
+  def _compile(self, fn):
+    if self.mode == "eager":
+      return fn
+    return tf.function(fn, jit_compile=self.mode == "xla", reduce_retracing=False)
+
+  def _compiled(self, problem, compute_gradients: bool) -> Callable:
     # Process-wide cache: every Unroller with the same settings (trainers, evaluation,
-    # tests) shares one compiled function per problem name.
+    # tests) shares one compiled function per problem name (or per group).
     key = self._key(problem, compute_gradients)
     self._names.add(problem.name)
     self._keys.add(key)
     if key not in _COMPILED:
-      def fn(meta, carry, data, num_steps, seed):
-        return unroll(problem, meta, carry, data, num_steps, seed, self.config,
-                      max_steps=self.max_steps, second_derivatives=self.second_derivatives,
-                      compute_gradients=compute_gradients)
-      if self.mode != "eager":
-        fn = tf.function(fn, jit_compile=self.mode == "xla", reduce_retracing=False)
-      _COMPILED[key] = fn
+      config, max_steps = self.config, self.max_steps
+      second_derivatives = self.second_derivatives
+      if self.compile_by == "problem":
+        def fn(meta, carry, data, num_steps, seed):
+          return unroll(problem, meta, carry, data, num_steps, seed, config,
+                        max_steps=max_steps, second_derivatives=second_derivatives,
+                        compute_gradients=compute_gradients)
+      else:
+        group = self.group_for(problem)
+        def fn(meta, carry, buffers, segments, index, num_steps, seed):
+          target = group.target(index, buffers, segments)
+          return _unroll_flat(target, meta, carry.params[0], carry.state, carry.initial_loss,
+                              num_steps, seed, config, max_steps=max_steps,
+                              second_derivatives=second_derivatives,
+                              compute_gradients=compute_gradients)
+      _COMPILED[key] = self._compile(fn)
     return _COMPILED[key]
+
+  def _bucket_args(self, problem, carry, data):
+    group = self.group_for(problem)
+    segments = {k: tf.constant(v) for k, v in group.segments_arrays(problem).items()}
+    return group, (group.pad_carry(problem, carry), group.pack_data(problem, data), segments,
+                   tf.constant(group.index[problem.name], tf.int32))
+
+  def function_for(self, problem, compute_gradients: bool = True) -> Callable:
+    """fn(meta, carry, data, num_steps, seed) -> UnrollOutput for `problem` (traceable)."""
+    fn = self._compiled(problem, compute_gradients)
+    if self.compile_by == "problem":
+      return fn
+
+    def call(meta, carry, data, num_steps, seed):
+      group, args = self._bucket_args(problem, carry, data)
+      out = fn(meta, args[0], args[1], args[2], args[3], num_steps, seed)
+      return group.unpad_output(problem, out, carry)
+    return call
 
   def __call__(self, problem, meta, carry: Carry, data, num_steps, seed,
                compute_gradients: bool = True) -> UnrollOutput:
     fresh = self._key(problem, compute_gradients) not in _COMPILED
-    fn = self.function_for(problem, compute_gradients)
-    args = (dict(meta), carry, dict(data), tf.constant(num_steps, tf.int32),
-            tf.constant(seed, tf.int32))
+    fn = self._compiled(problem, compute_gradients)
+    tail = (tf.constant(num_steps, tf.int32), tf.constant(seed, tf.int32))
+    if self.compile_by == "problem":
+      args = (dict(meta), carry, dict(data)) + tail
+    else:
+      group, bucket = self._bucket_args(problem, carry, data)
+      args = (dict(meta),) + bucket + tail
     if fresh:
-      return profile.first_call(fn, args)
-    with profile.LEDGER.time("unroll"):
-      out = fn(*args)
-      if profile.LEDGER.enabled:
-        profile._block(out)  # pylint: disable=protected-access
+      out = profile.first_call(fn, args)
+    else:
+      with profile.LEDGER.time("unroll"):
+        out = fn(*args)
+        if profile.LEDGER.enabled:
+          profile._block(out)  # pylint: disable=protected-access
+    if self.compile_by == "bucket":
+      out = group.unpad_output(problem, out, carry)
     return out
+
+  def full_loss(self, problem, params, data) -> tf.Tensor:
+    """Compiled full-data loss (f_init), through the group's function when bucketed."""
+    if self.compile_by == "problem":
+      return _full_loss(problem, params, data)
+    group = self.group_for(problem)
+    key = ("full_loss", self.mode) + group.key
+    fresh = key not in _COMPILED
+    if fresh:
+      def fn(flat, buffers, segments, index):
+        target = group.target(index, buffers, segments)
+        return target.full_loss(flat)
+      _COMPILED[key] = self._compile(fn)
+    self._keys.add(key)
+    layout = group.layouts[group.index[problem.name]]
+    flat = tf.pad(layout.flatten([tf.convert_to_tensor(p) for p in params]),
+                  [[0, group.rows - layout.total]])
+    segments = {k: tf.constant(v) for k, v in group.segments_arrays(problem).items()}
+    args = (flat, group.pack_data(problem, data), segments,
+            tf.constant(group.index[problem.name], tf.int32))
+    if fresh:
+      return profile.first_call(_COMPILED[key], args, exec_category="data")
+    return _COMPILED[key](*args)
 
   def num_compiled(self) -> int:
     """Compiled functions this unroller has used: unrolls, plus the f_init losses."""
-    return len(self._keys) + len(_FULL_LOSS_CACHE)
+    per_problem_losses = len(_FULL_LOSS_CACHE) if self.compile_by == "problem" else 0
+    return len(self._keys) + per_problem_losses
 
   def __len__(self):
-    """Number of problems this unroller has run (each compiled once per process)."""
+    """Number of problems this unroller has run."""
     return len(self._names)
 
 
