@@ -47,7 +47,8 @@ def define_flags():
   flags.DEFINE_bool("breakdown", False, "Wall-time breakdown of a cold meta-training run.")
   flags.DEFINE_float("seconds", 600.0, "--breakdown: meta-training seconds per variant.")
   flags.DEFINE_string("compile_by", "", "--breakdown: comma-separated compile_by variants "
-                      "(empty: the trainer's default).")
+                      "(empty: the trainer's default); '<variant>+cache' turns on XLA's "
+                      "persistent compilation cache (first such run cold, later ones warm).")
   flags.DEFINE_string("train_problems", "default", "--breakdown: the --problems of the run.")
   flags.DEFINE_string("split_problems", "bowl_k1,quadratic_d784,sum_quadratics7",
                       "--breakdown: problems whose first compile is split into stages.")
@@ -152,21 +153,25 @@ def _child(spec: str) -> None:
         "problems_seen": len(trainer.unroller),
         "ledger": dict(profile.LEDGER.seconds), "ledger_counts": dict(profile.LEDGER.counts),
         "peak_rss_mb": _rss_mb("VmHWM"), "final_rss_mb": _rss_mb("VmRSS"),
-        "split": _compile_split(args["split"]),
+        "split": _compile_split(args["split"], args["compile_by"] or "bucket",
+                                args["problems"]),
     }
   print("BREAKDOWN_JSON " + json.dumps(result))
 
 
-def _compile_split(names) -> list:
-  """For each problem: trace, TF->HLO lowering, HLO optimisation, rest of the first call."""
+def _compile_split(names, compile_by: str, pool_spec: str) -> list:
+  """For each problem's compiled unroll (its group's, when bucketed): trace, TF->HLO lowering,
+  HLO optimisation, first call; max_steps differs from the run's, so each compile is fresh."""
   import tensorflow as tf
 
   import problems
   from learned_opt import config as config_lib
   from learned_opt import hrnn
+  from meta import trainer as trainer_lib
   from meta import unroll as unroll_lib
 
   config = config_lib.stable()
+  pool = trainer_lib.resolve_problems(pool_spec)
   meta = hrnn.MetaParams(config).as_dict()
   rows = []
   for name in names:
@@ -174,9 +179,16 @@ def _compile_split(names) -> list:
     data = unroll_lib.data_tensors(problem.sample_data(1))
     carry = unroll_lib.start_carry(problem, meta, config, data, 1, [1, 2])
     # A fresh Unroller setting (max_steps) so that nothing is cached from the run.
-    unroller = unroll_lib.Unroller(config, max_steps=255)
-    fn = unroller.function_for(problem)
-    args = (dict(meta), carry, dict(data), tf.constant(32), tf.constant([3, 4]))
+    unroller = unroll_lib.Unroller(config, max_steps=255, compile_by=compile_by, problems=pool)
+    fn = unroller._compiled(problem, True)  # pylint: disable=protected-access
+    tail = (tf.constant(32), tf.constant([3, 4]))
+    branches = 1
+    if compile_by == "bucket":
+      group, bucket = unroller._bucket_args(problem, carry, data)  # pylint: disable=protected-access
+      args = (dict(meta),) + bucket + tail
+      branches = len(group.problems)
+    else:
+      args = (dict(meta), carry, dict(data)) + tail
     t0 = time.perf_counter()
     fn.get_concrete_function(*args)
     t1 = time.perf_counter()
@@ -188,7 +200,8 @@ def _compile_split(names) -> list:
     t4 = time.perf_counter()
     float(fn(*args).meta_loss)
     t5 = time.perf_counter()
-    rows.append({"problem": name, "trace": t1 - t0, "lower_to_hlo": t2 - t1,
+    rows.append({"problem": name, "branches": branches, "trace": t1 - t0,
+                 "lower_to_hlo": t2 - t1,
                  "hlo_optimise": max((t3 - t2) - (t2 - t1), 0.0),
                  "first_call": t4 - t3, "execute": t5 - t4})
   return rows
@@ -198,21 +211,36 @@ def _breakdown() -> None:
   import json
   import subprocess
 
+  import tempfile
+
   variants = [v.strip() for v in FLAGS.compile_by.split(",")] if FLAGS.compile_by else [""]
   split = [p.strip() for p in FLAGS.split_problems.split(",") if p.strip()]
   results = []
+  cache_dir = tempfile.mkdtemp(prefix="xla_cache_")
+  cache_runs = 0
   for variant in variants:
-    spec = json.dumps({"compile_by": variant, "problems": FLAGS.train_problems,
+    # "<compile_by>+cache": XLA's persistent compilation cache in a directory shared by the
+    # variants of this invocation: the first such run fills it (cold), later ones read it.
+    compile_by, _, cache = variant.partition("+")
+    env = dict(os.environ)
+    label = compile_by or "default"
+    if cache == "cache":
+      env["TF_XLA_FLAGS"] = (env.get("TF_XLA_FLAGS", "") +
+                             f" --tf_xla_persistent_cache_directory={cache_dir}").strip()
+      label += " + XLA cache " + ("(cold)" if cache_runs == 0 else "(warm)")
+      cache_runs += 1
+    spec = json.dumps({"compile_by": compile_by, "problems": FLAGS.train_problems,
                        "seconds": FLAGS.seconds, "split": split})
-    print(f"running variant {variant or 'default'} for {FLAGS.seconds:.0f} s in a fresh process",
-          flush=True)
+    print(f"running {label} for {FLAGS.seconds:.0f} s in a fresh process", flush=True)
     proc = subprocess.run([sys.executable, "-m", "benchmarks.meta_speed", "--child", spec],
-                          capture_output=True, text=True, cwd=_ROOT, check=False)
+                          capture_output=True, text=True, cwd=_ROOT, check=False, env=env)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("BREAKDOWN_JSON ")]
     if proc.returncode or not lines:
       sys.stderr.write(proc.stderr[-5000:])
       raise SystemExit(f"variant {variant!r} failed (exit {proc.returncode})")
-    results.append(json.loads(lines[-1][len("BREAKDOWN_JSON "):]))
+    result = json.loads(lines[-1][len("BREAKDOWN_JSON "):])
+    result["compile_by"] = label
+    results.append(result)
   text = _breakdown_table(results)
   print(text)
   out_dir = os.path.join(_ROOT, "benchmarks", "results", "meta_speed")
@@ -253,7 +281,8 @@ def _breakdown_table(results) -> str:
                  "|---|---|---:|---:|---:|---:|---:|"]
   for r in results:
     for s in r["split"]:
-      split_lines.append(f"| {r['compile_by']} | {s['problem']} | {s['trace']:.1f} | "
+      split_lines.append(f"| {r['compile_by']} | {s['problem']} ({s.get('branches', 1)}) | "
+                         f"{s['trace']:.1f} | "
                          f"{s['lower_to_hlo']:.1f} | {s['hlo_optimise']:.1f} | "
                          f"{s['first_call']:.1f} | {s['execute']:.2f} |")
   return out + "\n".join(split_lines)

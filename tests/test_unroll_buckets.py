@@ -1,0 +1,163 @@
+"""Structure-keyed compilation (issue 12): padded size buckets compute what per-problem unrolls do.
+
+The bucketed path packs several problems into one compiled function (meta/unroll.py `_Group`):
+padded flat parameters, segment ids / masks and packed data as tensor inputs, a switch over the
+problems' losses. These tests hold it to the per-problem unroll: same meta-loss, meta-gradient
+and carry, for problems of every family (transforms included), and check that padding never
+reaches the optimizer's per-tensor or problem-wide statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import problems
+from learned_opt import config as config_lib
+from learned_opt import hrnn
+from meta import unroll as unroll_lib
+
+
+def _one_per_family(max_params: int) -> list:
+  """The first default problem of each family with at most max_params parameters, plus a
+  minibatch one and a composite transform."""
+  chosen, families = [], set()
+  for problem in problems.default_problems():
+    if problem.num_params <= max_params and problem.family not in families:
+      chosen.append(problem)
+      families.add(problem.family)
+  extra = [p for p in problems.default_problems() if p.num_params <= max_params
+           and (p.batch_size is not None or (p.transform or "").startswith("sum"))]
+  for problem in extra[:2]:
+    if problem not in chosen:
+      chosen.append(problem)
+  return chosen
+
+
+SAMPLE = _one_per_family(unroll_lib.MIN_ROWS)
+
+
+def test_sample_covers_every_family_and_shares_one_group():
+  assert {p.family for p in SAMPLE} == {p.family for p in problems.default_problems()}
+  assert any(p.batch_size is not None for p in SAMPLE)
+  unroller = unroll_lib.Unroller(config_lib.stable(), max_steps=8, compile_by="bucket",
+                                 problems=SAMPLE)
+  assert unroller.num_groups() == 1
+
+
+@pytest.mark.parametrize("config_name,mode", [("stable", "xla"), ("paper", "function")])
+def test_bucketed_unroll_matches_per_problem_unroll(config_name, mode):
+  config = config_lib.get(config_name)
+  meta = hrnn.MetaParams(config, seed=1).as_dict()
+  per_problem = unroll_lib.Unroller(config, max_steps=12, mode=mode)
+  bucketed = unroll_lib.Unroller(config, max_steps=12, mode=mode, compile_by="bucket",
+                                 problems=SAMPLE)
+  for problem in SAMPLE:
+    data = unroll_lib.data_tensors(problem.sample_data(4))
+    reference_carry = unroll_lib.start_carry(problem, meta, config, data, 4, [4, 5])
+    carry = unroll_lib.start_carry(problem, meta, config, data, 4, [4, 5], unroller=bucketed)
+    np.testing.assert_allclose(float(carry.initial_loss), float(reference_carry.initial_loss),
+                               rtol=1e-6, err_msg=problem.name)
+    # Two partial unrolls, the second from the first's carry.
+    for seed in ([7, 8], [9, 10]):
+      ref = per_problem(problem, meta, reference_carry, data, 9, seed)
+      out = bucketed(problem, meta, carry, data, 9, seed)
+      assert int(out.steps) == int(ref.steps) == 9, problem.name
+      np.testing.assert_allclose(float(out.meta_loss), float(ref.meta_loss), rtol=1e-5,
+                                 atol=1e-6, err_msg=problem.name)
+      # Relative to the meta-gradient's overall scale: single entries can be ~1e-12 (a
+      # problem that barely moves), where float round-off is the whole value.
+      scale = max(float(np.max(np.abs(g))) for g in ref.meta_grads.values()) + 1e-30
+      for key, ref_grad in ref.meta_grads.items():
+        np.testing.assert_allclose(out.meta_grads[key] / scale, ref_grad / scale, atol=2e-4,
+                                   err_msg=f"{problem.name}: {key}")
+      for got, want in zip(out.carry.params, ref.carry.params):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=problem.name)
+      for field in hrnn.State._fields:
+        got, want = getattr(out.carry.state, field), getattr(ref.carry.state, field)
+        assert got.shape == want.shape, (problem.name, field)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"{problem.name}: {field}")
+      for stat in ("final_loss", "log_lr_mean", "log_lr_std", "log_lr_min", "log_lr_max"):
+        np.testing.assert_allclose(float(getattr(out, stat)), float(getattr(ref, stat)),
+                                   rtol=1e-5, atol=1e-5, err_msg=f"{problem.name}: {stat}")
+      reference_carry, carry = ref.carry, out.carry
+
+
+def _garbage_padded(layout, rows, slots, state, rng):
+  """state padded to `rows` / `slots`, with large random values in the padding."""
+  def pad(x, total):
+    if x.shape[0] == 0:
+      return x
+    extra = rng.normal(0.0, 50.0, (total - x.shape[0],) + tuple(x.shape[1:]))
+    return tf.concat([x, tf.constant(extra, tf.float32)], axis=0)
+  fields = {f: pad(getattr(state, f), rows) for f in hrnn.PER_PARAMETER_FIELDS}
+  fields["mean_square"] = tf.abs(fields["mean_square"])
+  fields["nominal_rms"] = tf.abs(fields["nominal_rms"])
+  return state._replace(tensor_hidden=pad(state.tensor_hidden, slots), **fields)
+
+
+@pytest.mark.parametrize("config_name", ["paper", "stable"])
+def test_padding_never_reaches_the_statistics(config_name):
+  config = config_lib.get(config_name)
+  rng = np.random.default_rng(0)
+  meta = hrnn.MetaParams(config, seed=2).as_dict()
+  shapes = [(3, 4), (5,), (2, 2, 2)]
+  layout = hrnn.Layout(shapes)
+  rows, slots = 64, 6
+  state = hrnn.init_state(meta, layout, config, hrnn.sample_initial_log_lr(layout, [1, 2]))
+  ids = np.full([rows], layout.num_tensors, np.int32)
+  ids[:layout.total] = np.repeat(np.arange(layout.num_tensors), layout.sizes)
+  counts = np.zeros([slots], np.float32)
+  counts[:layout.num_tensors] = layout.sizes
+  counts[layout.num_tensors] = rows - layout.total
+  element_mask = (np.arange(rows) < layout.total).astype(np.float32)
+  tensor_mask = (np.arange(slots) < layout.num_tensors).astype(np.float32)
+  padded_seg = hrnn.Segments.padded(ids, counts, element_mask, tensor_mask)
+  padded_state = _garbage_padded(layout, rows, slots, state, rng)
+  for _ in range(3):
+    grad = tf.constant(rng.normal(size=layout.total), tf.float32)
+    padded_grad = tf.concat([grad, tf.constant(rng.normal(0, 1e3, rows - layout.total),
+                                               tf.float32)], axis=0)
+    update, state = hrnn.step_flat(meta, state, grad, config, hrnn.Segments.from_layout(layout))
+    padded_update, padded_state = hrnn.step_flat(meta, padded_state, padded_grad, config,
+                                                 padded_seg)
+    np.testing.assert_allclose(padded_update[:layout.total], update, rtol=1e-5, atol=1e-7)
+    assert np.all(padded_update[layout.total:].numpy() == 0.0)
+    for field in hrnn.PER_PARAMETER_FIELDS:
+      want = getattr(state, field)
+      np.testing.assert_allclose(getattr(padded_state, field)[:want.shape[0]], want,
+                                 rtol=1e-5, atol=1e-6, err_msg=field)
+    np.testing.assert_allclose(padded_state.tensor_hidden[:layout.num_tensors],
+                               state.tensor_hidden, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(padded_state.global_hidden, state.global_hidden, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_default_ensemble_compiles_into_at_most_16_functions():
+  unroller = unroll_lib.Unroller(config_lib.stable(), max_steps=8, compile_by="bucket",
+                                 problems=problems.default_problems())
+  assert unroller.num_groups() <= 16
+  groups = {id(unroller.group_for(p)) for p in problems.default_problems()}
+  assert len(groups) == unroller.num_groups()
+  # Every problem has a branch, and a group never mixes padded sizes.
+  for problem in problems.default_problems():
+    group = unroller.group_for(problem)
+    assert problem.name in group.index
+    assert group.rows == unroll_lib.padded_rows(problem.num_params)
+
+
+def test_problem_outside_the_pool_gets_a_group_of_its_own():
+  pool = SAMPLE[:2]
+  unroller = unroll_lib.Unroller(config_lib.stable(), max_steps=8, compile_by="bucket",
+                                 problems=pool)
+  other = problems.get("quadratic_d784")
+  assert [p.name for p in unroller.group_for(other).problems] == ["quadratic_d784"]
+  assert unroller.num_groups() == 2
+
+
+def test_bad_compile_by_is_refused():
+  with pytest.raises(ValueError, match="compile_by"):
+    unroll_lib.Unroller(config_lib.stable(), max_steps=8, compile_by="name")
