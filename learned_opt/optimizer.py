@@ -58,8 +58,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
   `skipped_steps` counts it; `model.fit` warns at its end when it skipped steps. Gradients
   above ~1e19 are finite but their squares overflow float32 in the running statistics (as in
   Adam's), so they skip too: the statistics are stored state that cannot hold such values, and
-  a rescaled form would change the math for every input, so we warn instead of guessing. Sparse gradients (tf.IndexedSlices) are densified: the RNN state
-  of every parameter evolves every step.
+  a rescaled form would change the math for every input, so we warn instead of guessing.
+  Sparse gradients (tf.IndexedSlices) are densified: the RNN state of every parameter evolves
+  every step.
   """
 
   def __init__(self, learning_rate=1e-3, weights="default", config=None, seed=0,
