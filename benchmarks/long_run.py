@@ -23,6 +23,7 @@ reshuffled tf.data stream. None of these is in the meta-training ensemble.
     python -m benchmarks.long_run                          # shipped default, 3 tasks, 20k steps
     python -m benchmarks.long_run --weights /tmp/run.npz --out /tmp/long_run
     python -m benchmarks.long_run --tasks demo_mlp --steps 2000   # quick look
+    python -m benchmarks.long_run --report benchmarks/results/long_run/long_run.json
 
 Prints a table per task and a summary, writes long_run.json and long_run.png under --out.
 """
@@ -279,21 +280,37 @@ def run(weights="default", task_names=DEFAULT_TASKS, steps: int = 20_000,
     weights_lib.load(weights)   # a bad weights file fails before any training
   tasks = [get_task(name, seed) for name in task_names]
   results = []
+  record = {"weights": None if weights is None else os.fspath(weights), "steps": steps,
+            "learning_rate": learning_rate, "seed": seed, "spike_factor": SPIKE_FACTOR,
+            "adam_learning_rate": ADAM_LEARNING_RATE, "results": results}
+  if out:
+    os.makedirs(out, exist_ok=True)
   for task in tasks:
     result = run_task(task, weights, steps, learning_rate, seed)
     print(task_table(result) + "\n", flush=True)
     results.append(result)
+    if out:   # after every task: a long run stopped part-way keeps what it measured
+      with open(os.path.join(out, "long_run.json"), "w") as f:
+        json.dump(record, f, indent=1)
   print(summary_table(results))
   if out:
-    os.makedirs(out, exist_ok=True)
-    record = {"weights": None if weights is None else os.fspath(weights), "steps": steps,
-              "learning_rate": learning_rate, "seed": seed, "spike_factor": SPIKE_FACTOR,
-              "adam_learning_rate": ADAM_LEARNING_RATE, "results": results}
-    with open(os.path.join(out, "long_run.json"), "w") as f:
-      json.dump(record, f, indent=1)
     plot(results, os.path.join(out, "long_run.png"),
          f"LearnedOptimizer(weights={weights!r}) vs Adam(2e-3), {steps:,} steps")
     print(f"\nwrote {out}/long_run.json and long_run.png")
+  return results
+
+
+def report(path: str) -> list[dict]:
+  """Prints the tables of a saved long_run.json again and redraws the PNG beside it."""
+  with open(path) as f:
+    record = json.load(f)
+  results = record["results"]
+  for result in results:
+    print(task_table(result) + "\n")
+  print(summary_table(results))
+  plot(results, os.path.join(os.path.dirname(path), "long_run.png"),
+       f"LearnedOptimizer(weights={record['weights']!r}) vs Adam(2e-3), "
+       f"{record['steps']:,} steps")
   return results
 
 
@@ -305,10 +322,15 @@ def main(argv=None):
   flags.DEFINE_float("learning_rate", 1e-3, "LearnedOptimizer's initial step length.")
   flags.DEFINE_integer("seed", 0, "Split, initial weights and shuffling.")
   flags.DEFINE_string("out", "benchmarks/results/long_run", "Directory for JSON + PNG.")
+  flags.DEFINE_string("report", "", "Only print the tables of this saved long_run.json (and "
+                      "redraw its PNG); trains nothing.")
   FLAGS = flags.FLAGS
 
   def main_(argv):
     del argv
+    if FLAGS.report:
+      results = report(FLAGS.report)
+      return 0 if all(r["verdict"]["passed"] for r in results) else 1
     if FLAGS.steps < 1:
       raise app.UsageError(f"--steps must be >= 1, got {FLAGS.steps}")
     try:
