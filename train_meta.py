@@ -14,7 +14,9 @@ One machine (2 CPU cores is enough to see progress within minutes):
   tensorboard --logdir /tmp/lo_run/summaries
 
 Re-running the same command resumes from the last checkpoint (train_dir/checkpoints) and
-continues exactly as if never stopped.
+continues exactly as if never stopped. An unreadable latest checkpoint falls back to the
+previous one (with a warning naming it); run_config.json keeps the run's original flags and
+each resume appends its own to resumes.jsonl (warning about flags it cannot honour, --seed).
 
 Reference (paper-scale) unroll and meta-optimizer settings:
 

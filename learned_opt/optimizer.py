@@ -55,8 +55,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
       gradient_accumulation_steps, name).
 
   Non-finite gradients (or updates) skip the step: parameters and state stay as they were and
-  `skipped_steps` counts it. Sparse gradients (tf.IndexedSlices) are densified: the RNN state
-  of every parameter evolves every step.
+  `skipped_steps` counts it; `model.fit` warns at its end when it skipped steps. Gradients
+  above ~1e19 are finite but their squares overflow float32 in the running statistics (as in
+  Adam's), so they skip too: the statistics are stored state that cannot hold such values, and
+  a rescaled form would change the math for every input, so we warn instead of guessing.
+  Sparse gradients (tf.IndexedSlices) are densified: the RNN state of every parameter evolves
+  every step.
   """
 
   def __init__(self, learning_rate=1e-3, weights="default", config=None, seed=0,
@@ -76,6 +80,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     self._seed = int(seed)
     # Captured eagerly here: build() usually runs inside the traced train step.
     self._initial_lr_value = _initial_lr_value(learning_rate)
+    self._reported = (0, 0)   # (iterations, skipped_steps) at the last skipped-steps warning
 
   # ---- construction -------------------------------------------------------------------------
 
@@ -89,6 +94,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                          f"{_SUPPORTED_DTYPES}; variable {_name_of(v)!r} has dtype {v.dtype}")
       if any(d is None for d in v.shape):
         raise ValueError(f"variable {_name_of(v)!r} has an undefined shape {v.shape}")
+      if any(d == 0 for d in v.shape):
+        raise ValueError(f"LearnedOptimizer cannot optimise variable {_name_of(v)!r} of shape "
+                         f"{tuple(v.shape)}: it has no elements (leave it out of the trainable "
+                         "variables)")
     self._layout = hrnn.Layout([tuple(v.shape) for v in variables])
     cfg = self.hrnn_config
 
@@ -187,6 +196,26 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
       self.assign_sub(var, tf.cast(update, var.dtype))
     self.assign_add(self._skipped, tf.cast(tf.logical_not(finite), tf.int64))
 
+  def finalize_variable_values(self, var_list):
+    """Called by `model.fit` at its end: warns (once per fit) if steps were skipped."""
+    super().finalize_variable_values(var_list)
+    self._warn_skipped_steps()
+
+  def _warn_skipped_steps(self) -> None:
+    if not self.built:
+      return
+    iterations, skipped = int(self.iterations.numpy()), self.skipped_steps
+    new, steps = skipped - self._reported[1], iterations - self._reported[0]
+    self._reported = (iterations, skipped)
+    if new > 0:
+      warnings.warn(
+          f"LearnedOptimizer skipped {new} of {steps} steps (skipped_steps = {skipped} in all): "
+          "their gradients or updates were not finite, so parameters and optimizer state were "
+          "left as they were. Finite gradients above ~1e19 do this too: their squares overflow "
+          "float32 in the optimizer's running statistics, and if the loss stays there every "
+          "step is skipped. Scale the loss down or clip the gradients elementwise (clipvalue).",
+          UserWarning, stacklevel=2)
+
   # ---- serialisation ------------------------------------------------------------------------
 
   def get_config(self):
@@ -205,12 +234,16 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     spec = config.get("weights")
     if spec is not None:
       try:
-        weights_lib.resolve(spec)
-      except FileNotFoundError:
+        recorded = config.get("config")
+        weights_lib.load(spec, expected_config=None if recorded is None else
+                         config_lib.get(recorded))
+      except (FileNotFoundError, ValueError) as e:
         # The meta-parameters are optimizer variables, restored with the rest of the model's
-        # state (model.save / load_model); a moved weights file must not break loading.
-        warnings.warn(f"LearnedOptimizer.from_config: weights file {spec!r} not found; "
-                      "starting from the untrained initialisation until variables are restored")
+        # state (model.save / load_model); a weights file that moved, or that the path now
+        # holds another config's or corrupt bytes, must not break loading.
+        warnings.warn(f"LearnedOptimizer.from_config: not using weights file {spec!r} ({e}); "
+                      "the meta-parameters come from the saved optimizer variables (the "
+                      "untrained initialisation until they are restored)")
         config["weights"] = None
     return super().from_config(config, custom_objects=custom_objects)
 

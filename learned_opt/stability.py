@@ -15,7 +15,12 @@ amount changes no input feature (they see the log step length relative to its me
 shift persists with eigenvalue 1. A tolerance of 1e-3 is applied when calling ρ ≤ 1.
 
 We then continue the run to 10x and 100x the horizon and report whether the loss stays bounded
-(finite and below 10x its initial value).
+(finite and below 10x its initial value), and how far the mean log step length drifts above
+its value at the horizon. That uniform shift of the log step lengths is the HRNN's neutral
+mode (below), so nothing in the linearisation pulls it back: an optimizer that never learned
+to shrink its step near convergence lets it climb (issue 16: +5e-4 per step on the demo task,
+until a step throws the model off). A drift above ln 10 (a 10x longer step than at the
+horizon) is flagged.
 
     python -m learned_opt.stability --weights default
     python -m learned_opt.stability --weights none --config stable --learning_rate 1e-3
@@ -38,6 +43,7 @@ from learned_opt import hrnn
 from learned_opt import weights as weights_lib
 
 RHO_TOLERANCE = 1e-3
+MAX_DRIFT = math.log(10.0)   # flag a mean log step length this far above its value at H
 _STATE_FIELDS = hrnn.PER_PARAMETER_FIELDS + ("tensor_hidden", "global_hidden")
 
 
@@ -63,11 +69,16 @@ class Report(NamedTuple):
   stable: bool
   loss_ratios: dict          # {multiple_of_horizon: max loss / initial loss}
   bounded: dict              # {multiple_of_horizon: bool}
+  log_lr: dict = {}          # {multiple_of_horizon (1 = H): mean log step length there}
+  drift: float = math.nan    # max over (H, last multiple x H] of mean log step length - at H
+  drift_ok: bool = True      # drift <= max_drift (MAX_DRIFT unless given)
 
   def as_dict(self):
     return {"rho": self.rho, "rho_params": self.rho_params, "stable": self.stable,
             "loss_ratios": {str(k): v for k, v in self.loss_ratios.items()},
-            "bounded": {str(k): v for k, v in self.bounded.items()}}
+            "bounded": {str(k): v for k, v in self.bounded.items()},
+            "log_lr": {str(k): v for k, v in self.log_lr.items()}, "drift": self.drift,
+            "drift_ok": self.drift_ok}
 
 
 def _pack(theta, state: hrnn.State) -> tf.Tensor:
@@ -87,8 +98,8 @@ def _unpack(z, template: hrnn.State, dim: int):
 
 def analyse(meta, cfg: hrnn.HRNNConfig, problem: NoisyQuadratic, learning_rate: float = 1e-3,
             horizon: int = 1000, multiples=(10, 100), seed: int = 0,
-            jit_compile: bool = True) -> Report:
-  """Linearised spectral radius after `horizon` steps and long-run boundedness."""
+            jit_compile: bool = True, max_drift: float = MAX_DRIFT) -> Report:
+  """Linearised spectral radius after `horizon` steps, long-run boundedness and drift."""
   meta = {k: tf.constant(v, tf.float32) for k, v in meta.items()}
   dim = len(problem.eigenvalues)
   layout = hrnn.Layout([(dim,)])
@@ -97,24 +108,27 @@ def analyse(meta, cfg: hrnn.HRNNConfig, problem: NoisyQuadratic, learning_rate: 
 
   @tf.function(jit_compile=jit_compile, reduce_retracing=True)
   def run(theta, state, xis):
-    def body(i, theta, state, worst):
+    def body(i, theta, state, worst, top):
       grad = problem.gradient(theta, xis[i])
       (update,), state = hrnn.step(meta, state, [grad], cfg, layout)
       theta = theta - update
       loss = problem.loss(theta)
       worst = tf.where(tf.math.is_finite(loss), tf.maximum(worst, loss), np.inf)
-      return i + 1, theta, state, worst
-    _, theta, state, worst = tf.while_loop(
+      log_lr = tf.reduce_mean(state.log_lr)
+      top = tf.where(tf.math.is_finite(log_lr), tf.maximum(top, log_lr), top)
+      return i + 1, theta, state, worst, top
+    _, theta, state, worst, top = tf.while_loop(
         lambda i, *_: i < tf.shape(xis)[0], body,
-        (0, theta, state, tf.constant(0.0)))
-    return theta, state, worst
+        (0, theta, state, tf.constant(0.0), tf.constant(-np.inf)))
+    return theta, state, worst, top
 
   def noise(steps):
     return tf.constant(problem.noise * rng.standard_normal((steps, dim)), tf.float32)
 
   state = hrnn.init_state(meta, layout, cfg, math.log(learning_rate))
   initial_loss = float(problem.loss(theta0))
-  theta, state, _ = run(theta0, state, noise(horizon))
+  theta, state, _, _ = run(theta0, state, noise(horizon))
+  log_lr = {1: float(tf.reduce_mean(state.log_lr))}
 
   # Linearise the one-step map at (θ_H, state_H), noise at its mean.
   z = _pack(theta, state)
@@ -143,18 +157,37 @@ def analyse(meta, cfg: hrnn.HRNNConfig, problem: NoisyQuadratic, learning_rate: 
   # Long runs: continue from the horizon to multiples of it.
   loss_ratios, bounded = {}, {}
   done = horizon
-  worst_so_far = 0.0
+  worst_so_far, top_log_lr = 0.0, log_lr[1]
   for multiple in sorted(multiples):
     steps = multiple * horizon - done
-    theta, state, worst = run(theta, state, noise(steps))
+    theta, state, worst, top = run(theta, state, noise(steps))
     worst_so_far = max(worst_so_far, float(worst))
+    top_log_lr = max(top_log_lr, float(top))
     done = multiple * horizon
     ratio = worst_so_far / initial_loss
     loss_ratios[multiple] = ratio
     bounded[multiple] = bool(math.isfinite(ratio) and ratio < 10.0)
+    log_lr[multiple] = float(tf.reduce_mean(state.log_lr))
+  drift = top_log_lr - log_lr[1]
   return Report(rho=rho, rho_params=rho_params, eigenvalues=eigenvalues,
                 stable=bool(rho <= 1.0 + RHO_TOLERANCE), loss_ratios=loss_ratios,
-                bounded=bounded)
+                bounded=bounded, log_lr=log_lr, drift=drift,
+                drift_ok=bool(math.isfinite(drift) and drift <= max_drift))
+
+
+def table(reports: dict, max_drift: float = MAX_DRIFT) -> str:
+  """The markdown table of `python -m learned_opt.stability` (reports at multiples 10, 100)."""
+  lines = ["| weights | ρ(joint) | ρ(θ block) | ρ ≤ 1 | max loss/initial, 10H | 100H | "
+           "bounded 10H / 100H | mean log step length H / 10H / 100H | max drift above H | "
+           f"drift ≤ {max_drift:.3g} |", "|---|---:|---:|---|---:|---:|---|---:|---:|---|"]
+  for name, r in reports.items():
+    log_lr = " / ".join(f"{r.log_lr[m]:+.2f}" for m in (1, 10, 100))
+    lines.append(
+        f"| {name} | {r.rho:.4f} | {r.rho_params:.4f} | {'yes' if r.stable else 'NO'} | "
+        f"{r.loss_ratios[10]:.3g} | {r.loss_ratios[100]:.3g} | "
+        f"{'yes' if r.bounded[10] else 'NO'} / {'yes' if r.bounded[100] else 'NO'} | "
+        f"{log_lr} | {r.drift:+.2f} | {'yes' if r.drift_ok else 'NO'} |")
+  return "\n".join(lines)
 
 
 def plot(reports: dict, path: str):
@@ -222,6 +255,8 @@ def main(argv=None):
   flags.DEFINE_integer("horizon", 1000, "Meta-training horizon (steps before linearising).")
   flags.DEFINE_string("out", "benchmarks/results/stability.png", "Eigenvalue plot.")
   flags.DEFINE_bool("jit", True, "Compile the runs with XLA (faster for long horizons).")
+  flags.DEFINE_float("max_drift", MAX_DRIFT, "Flag a mean log step length that rises more than "
+                     "this (nats) above its value at the horizon (default ln 10).")
   FLAGS = flags.FLAGS
 
   def run(argv):
@@ -233,15 +268,10 @@ def main(argv=None):
       meta, cfg = load_meta(spec, FLAGS.config, overrides)
       name = spec if spec.lower() != "none" else f"untrained {FLAGS.config}"
       reports[name] = analyse(meta, cfg, problem, FLAGS.learning_rate, FLAGS.horizon,
-                              jit_compile=FLAGS.jit)
+                              jit_compile=FLAGS.jit, max_drift=FLAGS.max_drift)
     print(f"noisy quadratic: d={FLAGS.dim}, eig(H) in [{FLAGS.min_eig}, {FLAGS.max_eig}], "
           f"σ={FLAGS.noise}, horizon H={FLAGS.horizon}, initial step {FLAGS.learning_rate}\n")
-    print("| weights | ρ(joint) | ρ(θ block) | ρ ≤ 1 | max loss/initial, 10H | 100H | bounded 10H / 100H |")
-    print("|---|---:|---:|---|---:|---:|---|")
-    for name, r in reports.items():
-      print(f"| {name} | {r.rho:.4f} | {r.rho_params:.4f} | {'yes' if r.stable else 'NO'} | "
-            f"{r.loss_ratios[10]:.3g} | {r.loss_ratios[100]:.3g} | "
-            f"{'yes' if r.bounded[10] else 'NO'} / {'yes' if r.bounded[100] else 'NO'} |")
+    print(table(reports, FLAGS.max_drift))
     plot(reports, FLAGS.out)
     with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
       json.dump({k: r.as_dict() for k, r in reports.items()}, f, indent=1)

@@ -1,7 +1,8 @@
 """Weights files: meta-parameters + the config that made them + provenance, in one .npz.
 
 Format (version 1): an uncompressed numpy .npz with
-  * "meta/<name>" float32 arrays, one per meta-parameter (see hrnn.meta_param_shapes);
+  * "meta/<name>" float32 arrays, one per meta-parameter (see hrnn.meta_param_shapes); other
+    floating dtypes are read as float32, integer or other arrays are refused;
   * "__format__": "learned_opt.weights/1";
   * "__config__": the HRNNConfig as JSON;
   * "__provenance__": JSON (trainer flags, meta-steps, wall time, commit, ... free-form).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -84,6 +86,15 @@ def load(name_or_path: str | os.PathLike,
          expected_config: config_lib.HRNNConfig | None = None) -> Weights:
   """Reads and validates a weights file; errors name the file and what is wrong with it."""
   path = resolve(name_or_path)
+  if path.is_dir():
+    raise ValueError(f"weights file {path} is a directory, not a weights file")
+  if not zipfile.is_zipfile(path):
+    # np.load would guess "pickled data" for any bytes that are not .npy/.npz: misleading.
+    with open(path, "rb") as f:
+      head = f.read(8)
+    raise ValueError(f"weights file {path} is not a .npz file (a zip archive; it starts with "
+                     f"{head!r}). Weights files are written by learned_opt.weights.save or "
+                     "train_meta.py --export")
   try:
     with np.load(path, allow_pickle=False) as data:
       contents = {k: data[k] for k in data.files}
@@ -102,5 +113,10 @@ def load(name_or_path: str | os.PathLike,
                             for k, (a, b) in config.diff(expected_config).items())
     raise ValueError(f"weights file {path} was made for another config ({differences})")
   meta = {k[len("meta/"):]: v for k, v in contents.items() if k.startswith("meta/")}
+  for name, value in meta.items():
+    if not np.issubdtype(value.dtype, np.floating):
+      raise ValueError(f"weights file {path}: meta-parameter {name!r} has dtype {value.dtype}; "
+                       "weights are floating-point arrays (float32)")
+  meta = {k: v.astype(np.float32, copy=False) for k, v in meta.items()}
   hrnn.check_meta_values(meta, config, source=f"weights file {path}")
   return Weights(meta=meta, config=config, provenance=provenance, path=str(path))

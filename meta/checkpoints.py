@@ -6,10 +6,15 @@ state and the in-flight trajectories (problem, seeds, unroll counters and the ca
 parameters + optimizer state as .npz bytes) - the last two as tf.string variables, so a
 restored run draws the same problems, lengths and seeds and continues the same trajectory.
 
-Also here: train_dir/run_config.json (the resolved HRNN config and flags; a train_dir made
-with another config is refused before any work) and train_dir/history.csv (meta-loss per
-meta-step; trimmed back to the checkpoint's step on resume so a killed run leaves no rows
-that the resumed run will write again).
+Also here: train_dir/run_config.json (the resolved HRNN config and flags of the run as first
+started; a train_dir made with another config is refused before any work, and a resume never
+rewrites it), train_dir/resumes.jsonl (one record per resume: its flags and which differ from
+the recorded run's), and train_dir/history.csv (meta-loss per meta-step; trimmed back to the
+checkpoint's step on resume so a killed run leaves no rows that the resumed run will write
+again, and no half-written line).
+
+A kill during `CheckpointManager.save` can leave a `ckpt-N_temp/` directory (TF writes the
+shards there, then renames); the trainer removes such leftovers when it resumes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import tensorflow as tf
 from learned_opt.config import HRNNConfig
 
 RUN_CONFIG = "run_config.json"
+RESUMES = "resumes.jsonl"
 HISTORY = "history.csv"
 HISTORY_FIELDS = ("step", "wall_time", "problem", "family", "replicas", "unroll", "num_unrolls",
                   "steps", "meta_loss", "final_relative_loss", "log_lr_mean", "log_lr_std",
@@ -103,13 +109,50 @@ def write_json_atomic(path: Path, value: Any) -> None:
   os.replace(tmp, path)
 
 
+def append_json_line(path: Path, value: Any) -> None:
+  """Appends one JSON record as a line (flushed and synced: a kill loses at most that line)."""
+  with open(path, "a") as f:
+    f.write(json.dumps(value, sort_keys=True, default=str) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def stale_temp_dirs(checkpoint_dir: Path) -> list[Path]:
+  """`ckpt-N_temp/` directories: shards of a save that a kill interrupted before the rename."""
+  if not checkpoint_dir.is_dir():
+    return []
+  return sorted(p for p in checkpoint_dir.glob("*_temp") if p.is_dir())
+
+
 def trim_history(train_dir: Path, step: int) -> None:
-  """Drops history rows after meta-step `step` (written after the last checkpoint)."""
+  """Drops history rows after meta-step `step` (written after the last checkpoint).
+
+  Also drops a last line without its newline: History writes whole lines, so that is a row a
+  kill cut short (keeping it would leave a corrupt or duplicate step). A complete line whose
+  step is not an integer is an error naming the file and line; the file is left as it was.
+  """
   path = train_dir / HISTORY
   if not path.exists():
     return
   with open(path, newline="") as f:
-    rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= step]
+    text = f.read()
+  lines = text.splitlines(keepends=True)
+  if lines and not lines[-1].endswith(("\n", "\r")):
+    lines = lines[:-1]
+  rows = []
+  reader = csv.DictReader(lines)
+  for row in reader:
+    number = reader.line_num
+    if not any(row.values()):
+      continue
+    try:
+      row_step = int(row.get("step") or "")
+    except ValueError:
+      raise ValueError(
+          f"{path}, line {number}: step {row.get('step')!r} is not an integer ({HISTORY} holds "
+          "one row per meta-step); fix or delete that line and re-run") from None
+    if row_step <= step:
+      rows.append({k: v for k, v in row.items() if k in HISTORY_FIELDS})
   fd, tmp = tempfile.mkstemp(prefix=HISTORY + ".", suffix=".tmp", dir=train_dir)
   with os.fdopen(fd, "w", newline="") as f:
     writer = csv.DictWriter(f, HISTORY_FIELDS)

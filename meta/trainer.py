@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -168,6 +169,12 @@ def resolve_problems(spec: str) -> list:
     raise ValueError(f"--problems {spec!r} selects no problem")
   return list(dict.fromkeys(chosen))
 
+
+# Flags that a resumed run cannot honour (its state comes from the checkpoint), and why.
+RESUME_NO_EFFECT = {
+    "seed": "the sampling RNG state is restored from the checkpoint",
+    "init_seed": "the meta-parameters are restored from the checkpoint",
+}
 
 MAPS_PER_PROBLEM = 900   # measured: ~800 memory maps per XLA-compiled problem (unroll + loss)
 
@@ -302,8 +309,11 @@ class Trainer:
       if not read_only:
         checkpoints.check_writable(self.train_dir, "--train_dir")
       if options.export:
-        checkpoints.check_writable(Path(options.export).expanduser().parent or ".",
-                                   "directory of --export")
+        export = Path(options.export).expanduser()
+        if export.is_dir():
+          raise ValueError(f"--export {export} is a directory; give the weights file's path, "
+                           f"e.g. --export {export / 'weights.npz'}")
+        checkpoints.check_writable(export.parent or ".", "directory of --export")
     self.recorded = checkpoints.check_run_config(self.train_dir, self.config)
 
     if self.is_ps:
@@ -375,19 +385,77 @@ class Trainer:
     return [int(t) for t in self.strategy.experimental_local_results(ids)]
 
   def _restore(self) -> None:
-    latest = self.manager.latest_checkpoint
+    checkpoint_dir = Path(self.manager.directory)
     if not self.chief:  # non-chief workers of a multi-worker run restore the chief's.
-      latest = tf.train.latest_checkpoint(str(self.train_dir / "checkpoints"))
-    if latest is not None:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
-      self.sampler.restore(self.train_state.sampler.numpy().decode())
-      self._unpack_trajectories(self.train_state.trajectories.numpy())
-      log.info("restored %s at meta-step %d", latest, int(self.train_state.step.numpy()))
+      checkpoint_dir = self.train_dir / "checkpoints"
+    if self.chief and not self.read_only:
+      for stale in checkpoints.stale_temp_dirs(checkpoint_dir):
+        log.warning("removing %s: the shards of a checkpoint save that was interrupted", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    restored = self._restore_latest_readable(checkpoint_dir)
     if self.chief and not self.read_only:
       checkpoints.trim_history(self.train_dir, int(self.train_state.step.numpy()))
+      self._record_run_config(restored)
+
+  def _restore_latest_readable(self, checkpoint_dir: Path) -> str | None:
+    """Restores the newest checkpoint that reads; an unreadable one falls back to the previous.
+
+    Like tf.train.CheckpointManager users expect from a kept history of checkpoints: a
+    truncated or corrupt latest checkpoint (a full disk, a copy cut short) costs the steps
+    since the previous one, not the run. Each fallback is logged with the file and the error.
+    """
+    state = tf.train.get_checkpoint_state(str(checkpoint_dir))
+    candidates = list(state.all_model_checkpoint_paths) if state is not None else []
+    if state is not None and state.model_checkpoint_path not in candidates:
+      candidates.append(state.model_checkpoint_path)
+    failures = []
+    for path in reversed(candidates):
+      try:
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        self.sampler.restore(self.train_state.sampler.numpy().decode())
+        self._unpack_trajectories(self.train_state.trajectories.numpy())
+      except Exception as e:  # noqa: BLE001 - corrupt files raise many types (IndexError, ...)
+        failures.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        log.warning("checkpoint %s is unreadable: %s", path, failures[-1])
+        continue
+      if failures:
+        log.warning("resuming from %s, the latest readable checkpoint; unreadable and skipped: "
+                    "%s", path, "; ".join(failures))
+      log.info("restored %s at meta-step %d", path, int(self.train_state.step.numpy()))
+      return path
+    if failures:
+      raise ValueError(f"no readable checkpoint in {checkpoint_dir}: {'; '.join(failures)}. "
+                       "Move them away to start afresh, or use a fresh --train_dir")
+    return None
+
+  def _record_run_config(self, restored: str | None) -> None:
+    """Writes run_config.json for a fresh run; a resume appends to resumes.jsonl instead.
+
+    The original record is never rewritten. Flags that differ from it are recorded, and those
+    that cannot act on a resumed run (RESUME_NO_EFFECT) are warned about.
+    """
+    options = dataclasses.asdict(self.options)
+    if restored is None or self.recorded is None:
       record = {"config": self.config.to_dict(), "config_preset": self.options.config,
-                "options": dataclasses.asdict(self.options)}
+                "options": options}
       checkpoints.write_json_atomic(self.train_dir / checkpoints.RUN_CONFIG, record)
+      return
+    recorded = self.recorded.get("options", {})
+    changed = {k: [recorded[k], v] for k, v in options.items()
+               if k in recorded and recorded[k] != v}
+    no_effect = sorted(k for k in changed if k in RESUME_NO_EFFECT)
+    for k in no_effect:
+      log.warning("--%s %r differs from the run's recorded %r and has no effect on a resumed "
+                  "run: %s (%s keeps the original flags)", k, changed[k][1], changed[k][0],
+                  RESUME_NO_EFFECT[k], checkpoints.RUN_CONFIG)
+    others = {k: v for k, v in changed.items() if k not in no_effect}
+    if others:
+      log.info("resuming with changed flags: %s", ", ".join(
+          f"--{k} {new!r} (was {old!r})" for k, (old, new) in others.items()))
+    checkpoints.append_json_line(self.train_dir / checkpoints.RESUMES, {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": self.step,
+        "checkpoint": restored, "options": options, "changed": changed,
+        "no_effect": no_effect})
 
   def _pack_trajectories(self) -> bytes:
     items = [self.trajectory] if not self.is_ps else self.slots
@@ -413,7 +481,13 @@ class Trainer:
         restored.append(None)
         continue
       trajectory = Trajectory(**header)
-      problem = self.problems_by_name[trajectory.problem]
+      problem = self.problems_by_name.get(trajectory.problem)
+      if problem is None:
+        log.warning("the checkpoint's trajectory in progress is on problem %s, which --problems "
+                    "%r no longer includes: it is abandoned, and the next meta-step starts a "
+                    "new trajectory", trajectory.problem, self.options.problems)
+        restored.append(None)
+        continue
       for rid in range(self.num_replicas):
         prefix = f"{slot}/{rid}/"
         sub = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}

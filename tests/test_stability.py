@@ -86,3 +86,24 @@ def test_command_prints_table_and_writes_plot(tmp_path):
 def test_bad_override_is_a_clear_error():
   with pytest.raises(ValueError, match="nonsense"):
     stability.parse_overrides(["nonsense=1"])
+
+
+def test_step_length_drift_is_reported_and_flagged(stable_report):
+  """Issue 16 item 2: the mean log step length's rise above its value at H is measured."""
+  assert set(stable_report.log_lr) == {1, 10}
+  assert np.isfinite(stable_report.drift) and stable_report.drift_ok
+  # A positive bias on the log step length's readout raises it by a fixed amount per step:
+  # with the untrained stable preset (blackbox gain 0) the loss stays bounded, but the step
+  # length drifts by ~bias * (1 - momentum) per step, and the drift is flagged.
+  cfg = config_lib.stable()
+  meta = hrnn.init_meta_params(cfg, 0)
+  meta["readout/log_lr_delta/bias"] = meta["readout/log_lr_delta/bias"] + np.float32(0.2)
+  drifting = stability.analyse(meta, cfg, PROBLEM, learning_rate=1e-3, horizon=50,
+                               multiples=(10,), jit_compile=False)
+  momentum = 1 / (1 + np.exp(-float(meta["log_lr_momentum_logit"])))
+  assert drifting.log_lr[10] > drifting.log_lr[1] + stability.MAX_DRIFT
+  assert drifting.drift == pytest.approx(0.2 * (1 - momentum) * 450, rel=0.2)
+  assert not drifting.drift_ok
+  assert "| drifting | " in stability.table({"drifting": drifting._replace(
+      loss_ratios={10: 1.0, 100: 1.0}, bounded={10: True, 100: True},
+      log_lr={**drifting.log_lr, 100: drifting.log_lr[10]})})
