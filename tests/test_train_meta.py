@@ -272,9 +272,15 @@ def test_memory_map_budget_hands_over_to_a_fresh_process_exactly(tmp_path):
 def test_low_memory_map_limit_is_warned_up_front(tmp_path, monkeypatch, caplog):
   monkeypatch.setattr(trainer_lib, "memory_map_limit", lambda: 65530)
   with caplog.at_level(logging.WARNING, logger="train_meta"):
-    trainer = trainer_lib.Trainer(_fast_options(tmp_path / "run", problems="default"))
+    trainer = trainer_lib.Trainer(_fast_options(tmp_path / "run", problems="default",
+                                                compile_by="problem"))
   assert trainer.map_budget == int(0.9 * 65530)
   assert "vm.max_map_count is 65530" in caplog.text and "sysctl" in caplog.text
+  caplog.clear()
+  # Bucketed (the default), the 109 problems compile into a handful of functions: no warning.
+  with caplog.at_level(logging.WARNING, logger="train_meta"):
+    trainer_lib.Trainer(_fast_options(tmp_path / "bucketed", problems="default"))
+  assert "max_map_count" not in caplog.text
   caplog.clear()
   with caplog.at_level(logging.WARNING, logger="train_meta"):
     trainer_lib.Trainer(_fast_options(tmp_path / "small"))       # one problem: plenty
