@@ -4,7 +4,8 @@ Seed paper 1 §4.2-4.5, hrnn_reference.md §3. One meta-step = one partial unrol
 meta-gradient update (the reference's global_step counts partial unrolls too).
 
 Loop structure (reference MO/TO):
-* A problem is drawn uniformly from the pool (`problems.sample`); each replica gets its own
+* A problem is drawn from the pool (`problems.sample`: uniformly, or for `--problems mix:R` a
+  fraction R from the nets set and the rest from the paper set); each replica gets its own
   random instance of it (data seed). `trajectories_per_problem` trajectories (reference
   `num_meta_iterations` 5; default here 1) are run on it, each from freshly initialised
   parameters.

@@ -30,7 +30,8 @@ Axes of the catalogue (`python -m problems --nets` prints them and a sample of i
                 (blobs, textures, strokes)
 
 Tasks cost ~1k-50k parameters (most under 10k) and <= ~2 MB of data, so a meta-step stays
-cheap on a CPU. Like the rest of problems/, no task reads a file.
+cheap on a CPU. The meta-objective evaluates the full-data loss at every inner step of a
+minibatched task, so instances hold few samples (512-1024; 512 for the ConvNets). Like the rest of problems/, no task reads a file.
 """
 
 from __future__ import annotations
@@ -457,7 +458,7 @@ class ConvNet(NetTask):
 
   def __init__(self, channels: tuple[int, ...], act: str, norm: str, pool: str, images: str,
                batch_size: int | None, size: int = 12, num_classes: int = 6,
-               num_samples: int = 1024):
+               num_samples: int = 512):
     if pool not in ("max", "avg") or images not in IMAGE_KINDS or norm == "layer" \
         or size % (2 ** len(channels)):
       raise ValueError(f"bad ConvNet structure {(channels, norm, pool, images, size)}")

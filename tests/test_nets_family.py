@@ -349,9 +349,11 @@ def _run_script(args, timeout=900):
 @pytest.mark.parametrize("spec", ["nets", "mix:0.7"])
 def test_train_meta_runs_resumes_and_exports(spec, tmp_path):
   from learned_opt import weights as weights_lib
+  # One trajectory of 5 partial unrolls: one problem, compiled once per process.
   common = ["--train_dir", str(tmp_path / "run"), "--problems", spec, "--min_unroll_steps",
             "5", "--unroll_steps_scale", "3", "--max_unroll_steps", "16",
-            "--num_unrolls_scale", "0", "--checkpoint_every_secs", "0", "--seed", "4"]
+            "--num_unrolls_scale", "0", "--min_num_unrolls", "5",
+            "--checkpoint_every_secs", "0", "--seed", "4"]
   code, output = _run_script(common + ["--max_steps", "3"])
   assert code == 0, output
   code, output = _run_script(common + ["--max_steps", "5", "--export",
