@@ -7,7 +7,8 @@ checkpoints that resume exactly, TensorBoard summaries, and export to a weights 
 
 One machine (2 CPU cores is enough to see progress within minutes):
 
-  python train_meta.py --train_dir /tmp/lo_run                 # default problem set
+  python train_meta.py --train_dir /tmp/lo_run                 # default problem set (paper)
+  python train_meta.py --train_dir /tmp/lo_mix --problems mix:0.5   # + networks (issue 13)
   python train_meta.py --train_dir /tmp/lo_run --max_steps 2000 --export /tmp/lo.npz
   python train_meta.py --train_dir /tmp/lo_run --export /tmp/lo.npz --export_only
   python train_meta.py --train_dir /tmp/lo_stable --config stable --meta_l2 0.1
@@ -67,8 +68,12 @@ flags.DEFINE_string("train_dir", None, "Directory for checkpoints, summaries, hi
 flags.DEFINE_enum("config", _D.config, ["paper", "stable"],
                   "Optimizer preset: paper (seed paper 1) or stable (+ seed paper 2 fixes).")
 flags.DEFINE_string("problems", _D.problems,
-                    "'default' (the 109-problem meta-training set), 'all', or a comma-separated "
-                    "list of problem names and family names (python -m problems --list).")
+                    "Problem set: 'paper' (alias 'default': the 109 problems of seed paper 1), "
+                    "'nets' (43 small networks on generated data, with task augmentation; "
+                    "python -m problems --list --nets), 'mix' or 'mix:R' (both, a fraction R "
+                    "of the draws nets; mix = mix:0.5), 'all' (paper + off-by-default "
+                    "problems), or a comma-separated list of problem names and family names "
+                    "(python -m problems --list).")
 flags.DEFINE_integer("max_steps", _D.max_steps, "Total meta-steps (= partial unrolls = "
                      "meta-gradient updates), counted across resumes. 0: no training.")
 flags.DEFINE_float("num_unrolls_scale", _D.num_unrolls_scale,

@@ -4,7 +4,8 @@ Seed paper 1 §4.2-4.5, hrnn_reference.md §3. One meta-step = one partial unrol
 meta-gradient update (the reference's global_step counts partial unrolls too).
 
 Loop structure (reference MO/TO):
-* A problem is drawn uniformly from the pool (`problems.sample`); each replica gets its own
+* A problem is drawn from the pool (`problems.sample`: uniformly, or for `--problems mix:R` a
+  fraction R from the nets set and the rest from the paper set); each replica gets its own
   random instance of it (data seed). `trajectories_per_problem` trajectories (reference
   `num_meta_iterations` 5; default here 1) are run on it, each from freshly initialised
   parameters.
@@ -151,11 +152,35 @@ class Options:
 
 
 def resolve_problems(spec: str) -> list:
-  """"default", "all", or a comma-separated list of problem names and family names."""
-  if spec == "default":
-    return problems_lib.default_problems()
+  """The pool of --problems `spec`; see `resolve_problem_set`."""
+  return resolve_problem_set(spec)[0]
+
+
+def resolve_problem_set(spec: str) -> tuple[list, np.ndarray | None]:
+  """(pool, sampling probabilities or None for uniform) of a --problems spec.
+
+  "paper" (alias "default": the 109 problems of seed paper 1), "nets" (problems/net_tasks.py
+  under task augmentation), "mix" / "mix:R" (both; a fraction R of the draws, default 0.5,
+  are nets, each set uniform inside), "all" (paper + off-by-default problems), or a
+  comma-separated list of problem names and family names.
+  """
+  if spec in ("default", "paper"):
+    return problems_lib.default_problems(), None
   if spec == "all":
-    return problems_lib.all_problems()
+    return problems_lib.all_problems(), None
+  if spec == "nets":
+    return problems_lib.nets_problems(), None
+  if spec == "mix" or spec.startswith("mix:"):
+    try:
+      ratio = float(spec[4:]) if spec != "mix" else 0.5
+    except ValueError:
+      ratio = math.nan
+    if not 0.0 < ratio < 1.0:
+      raise ValueError(f"--problems {spec!r}: the nets fraction R of mix:R must be a number "
+                       "strictly between 0 and 1 (use 'paper' or 'nets' for 0 or 1)")
+    paper, nets = problems_lib.default_problems(), problems_lib.nets_problems()
+    weights = np.array([(1.0 - ratio) / len(paper)] * len(paper) + [ratio / len(nets)] * len(nets))
+    return paper + nets, weights / weights.sum()
   chosen = []
   for item in [s.strip() for s in spec.split(",") if s.strip()]:
     if item in problems_lib.FAMILIES:
@@ -167,7 +192,7 @@ def resolve_problems(spec: str) -> list:
         raise ValueError(f"--problems: {e.args[0]}") from None
   if not chosen:
     raise ValueError(f"--problems {spec!r} selects no problem")
-  return list(dict.fromkeys(chosen))
+  return list(dict.fromkeys(chosen)), None
 
 
 # Flags that a resumed run cannot honour (its state comes from the checkpoint), and why.
@@ -232,9 +257,10 @@ def _int_seed(rng) -> int:
 class Sampler:
   """Draws problems, trajectory lengths and seeds; its state goes into checkpoints."""
 
-  def __init__(self, options: Options, pool: list, num_replicas: int):
+  def __init__(self, options: Options, pool: list, num_replicas: int, weights=None):
     self.options = options
     self.pool = pool
+    self.weights = weights   # sampling probabilities per pool entry, None: uniform
     self.num_replicas = num_replicas
     self.rng = np.random.default_rng(options.seed)
 
@@ -258,7 +284,7 @@ class Sampler:
       problem, data_seeds = previous.problem, previous.data_seeds
       index = previous.trajectory_index + 1
     else:
-      problem = problems_lib.sample(self.rng, self.pool).name
+      problem = problems_lib.sample(self.rng, self.pool, self.weights).name
       data_seeds = [_int_seed(self.rng) for _ in range(self.num_replicas)]
       index = 0
     init_seeds = [_int_seed(self.rng) for _ in range(self.num_replicas)]
@@ -293,7 +319,10 @@ class Trainer:
     self.read_only = read_only
     self.config = config_lib.get(options.config)
     # problem_pool: explicit Problem objects instead of --problems (tests, custom ensembles).
-    self.pool = list(problem_pool) if problem_pool else resolve_problems(options.problems)
+    if problem_pool:
+      self.pool, self.weights = list(problem_pool), None
+    else:
+      self.pool, self.weights = resolve_problem_set(options.problems)
     self.problems_by_name = {p.name: p for p in self.pool}
     if strategy is None and options.strategy != "default":
       if cluster_resolver is None:
@@ -322,7 +351,7 @@ class Trainer:
       self.num_replicas = len(resolver.cluster_spec().as_dict()["worker"])
     else:
       self.num_replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    self.sampler = Sampler(options, self.pool, self.num_replicas)
+    self.sampler = Sampler(options, self.pool, self.num_replicas, self.weights)
     self.unroller = unroll_lib.Unroller(
         self.config, max_steps=options.max_unroll_steps,
         second_derivatives=options.second_derivatives, mode=options.unroll_mode,
@@ -698,7 +727,7 @@ class Trainer:
     return infos
 
   def _single_sampler(self) -> Sampler:
-    single = Sampler(self.options, self.pool, 1)
+    single = Sampler(self.options, self.pool, 1, self.weights)
     single.rng = self.sampler.rng   # share the stream (and its checkpointed state)
     return single
 

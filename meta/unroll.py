@@ -62,7 +62,7 @@ def start_carry(problem, meta: Mapping[str, tf.Tensor], config: HRNNConfig, data
       compiled loss per problem.
   """
   layout = hrnn.Layout(problem.param_shapes())
-  params = [tf.constant(p) for p in problem.init_params(int(init_seed))]
+  params = [tf.constant(p) for p in problem.initial_params(int(init_seed), data)]
   if state is None:
     log_lr = hrnn.sample_initial_log_lr(layout, tf.constant(log_lr_seed, tf.int32),
                                         lr_range=lr_range, max_log_lr=config.max_log_lr)

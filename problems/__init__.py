@@ -18,6 +18,13 @@ chain, min/max well) and three power transforms of the loss:
 
 `all_problems()` adds the off-by-default ones (neural_network family and the
 reference's other off groups). Print either with `python -m problems --list [--all]`.
+
+Problem sets for meta-training (train_meta.py --problems):
+  paper   the 109 above (`default` is an alias), faithful to the seed paper;
+  nets    `nets_problems()`: the 43 structures of problems/net_tasks.py (networks on
+          generated data), each wrapped in problems/augment.py's task augmentation;
+  mix     both, sampled so that a fraction r of the draws are nets (`mix` = `mix:0.5`).
+`python -m problems --list --nets` prints the nets family, its axes and sampled instances.
 """
 
 from __future__ import annotations
@@ -26,11 +33,12 @@ import functools
 
 import numpy as np
 
-from problems import literature, neural_nets, noisy, slow, transforms, well_behaved
+from problems import (augment, literature, net_tasks, neural_nets, noisy, slow, transforms,
+                      well_behaved)
 from problems.base import FAMILIES, MINIMUM_KINDS, Problem
 
 __all__ = ["FAMILIES", "MINIMUM_KINDS", "Problem", "DEFAULT_COUNT", "default_problems",
-           "all_problems", "get", "sample"]
+           "all_problems", "net_problems", "nets_problems", "get", "sample"]
 
 DEFAULT_COUNT = 109
 
@@ -70,20 +78,46 @@ def all_problems() -> list[Problem]:
 
 
 @functools.cache
+def _nets() -> tuple[Problem, ...]:
+  problems = net_tasks.catalogue()
+  _check_unique(list(_all()) + problems)
+  return tuple(problems)
+
+
+@functools.cache
+def _nets_augmented() -> tuple[Problem, ...]:
+  return tuple(augment.Augmented(problem) for problem in _nets())
+
+
+def net_problems() -> list[Problem]:
+  """The neural-network family on generated data, unaugmented (problems/net_tasks.py)."""
+  return list(_nets())
+
+
+def nets_problems() -> list[Problem]:
+  """The `nets` meta-training set: every net_problems() structure under task augmentation."""
+  return list(_nets_augmented())
+
+
+@functools.cache
 def _by_name() -> dict[str, Problem]:
-  return {problem.name: problem for problem in _all()}
+  return {problem.name: problem for problem in _all() + _nets() + _nets_augmented()}
 
 
 def get(name: str) -> Problem:
-  """The problem called `name` (default or off-by-default)."""
+  """The problem called `name` (default, off-by-default, or of the nets set)."""
   try:
     return _by_name()[name]
   except KeyError:
     raise KeyError(f"unknown problem {name!r}; see `python -m problems --list --all`") from None
 
 
-def sample(rng: np.random.Generator, problems: list[Problem] | None = None) -> Problem:
-  """A problem drawn uniformly from `problems` (default set if None), like the
-  reference's random.choice over its pool: larger groups are drawn more often."""
+def sample(rng: np.random.Generator, problems: list[Problem] | None = None,
+           weights=None) -> Problem:
+  """A problem drawn from `problems` (default set if None): uniformly, like the reference's
+  random.choice over its pool (larger groups are drawn more often), or with probabilities
+  `weights` (one per problem, summing to 1; the `mix` sets)."""
   problems = default_problems() if problems is None else problems
-  return problems[int(rng.integers(len(problems)))]
+  if weights is None:
+    return problems[int(rng.integers(len(problems)))]
+  return problems[int(rng.choice(len(problems), p=weights))]

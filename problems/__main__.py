@@ -1,10 +1,12 @@
-"""Lists the meta-training ensemble: python -m problems --list [--all]."""
+"""Lists the meta-training ensemble: python -m problems --list [--all | --nets [--samples N]]."""
 
 from __future__ import annotations
 
 import argparse
 import collections
 import sys
+
+import numpy as np
 
 import problems
 
@@ -21,13 +23,50 @@ def table(rows: list[problems.Problem]) -> str:
                    for line in lines)
 
 
+def nets_listing(num_samples: int, seed: int = 0) -> str:
+  """The nets family: its structures, the values each axis takes, and sampled instances."""
+  from problems import net_tasks   # pylint: disable=import-outside-toplevel
+  structures = problems.net_problems()
+  header = ("name", "architecture", "#params", "batch", "activation", "norm", "loss", "data")
+  rows = [header] + [
+      (p.name, p.axes["architecture"], str(p.num_params),
+       "full" if p.batch_size is None else str(p.batch_size), p.axes["activation"],
+       p.axes["norm"], p.axes["loss"], p.axes["data"]) for p in structures]
+  widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+  lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+           for row in rows]
+  sizes = sorted(p.num_params for p in structures)
+  lines += ["", f"{len(structures)} structures (each one compiled function); parameters "
+            f"{sizes[0]:,}-{sizes[-1]:,} (median {sizes[len(sizes) // 2]:,}); the `nets` set "
+            "wraps each in task augmentation (problems/augment.py).", "", "axes:"]
+  for axis, values in net_tasks.axis_values(structures).items():
+    shown = ["full" if axis == "batch" and v == 0 else str(v) for v in values]
+    lines.append(f"  {axis:<13} {', '.join(shown)}")
+  lines += ["", f"{num_samples} sampled tasks (structure uniform, then an instance seed; "
+            f"sampler seed {seed}):"]
+  rng = np.random.default_rng(seed)
+  augmented = problems.nets_problems()
+  for _ in range(num_samples):
+    problem = problems.sample(rng, augmented)
+    instance = int(rng.integers(2**31 - 1))
+    info = ", ".join(f"{k}={v}" for k, v in problem.instance_info(instance).items())
+    lines.append(f"  {problem.name}  seed {instance}: {info}")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m problems", description=__doc__)
   parser.add_argument("--list", action="store_true", help="print the problem table")
   parser.add_argument("--all", action="store_true", help="include off-by-default problems")
+  parser.add_argument("--nets", action="store_true",
+                      help="the nets family: structures, axes and sampled instances")
+  parser.add_argument("--samples", type=int, default=8, help="sampled nets tasks to show")
   args = parser.parse_args(argv)
   if not args.list:
     parser.print_help()
+    return 0
+  if args.nets:
+    print(nets_listing(args.samples))
     return 0
   rows = problems.all_problems() if args.all else problems.default_problems()
   print(table(rows))

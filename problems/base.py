@@ -171,6 +171,14 @@ class Problem:
     rng = self.rng(seed, INIT_STREAM)
     return [rng.standard_normal(shape).astype(np.float32) for shape in self.param_shapes()]
 
+  def initial_params(self, seed: int, data: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Initial parameters of the instance whose data is `data` (the trainer's entry point).
+
+    Default: init_params(seed). Wrappers whose initialisation depends on the instance's
+    data override it (problems.augment.Augmented maps the init through the instance's scales).
+    """
+    return self.init_params(seed)
+
   def minimizer(self, data: Mapping[str, np.ndarray]) -> list[np.ndarray] | None:
     """A parameter list attaining `minimum` (minimum_kind "exact"), else None."""
     return None
