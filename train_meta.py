@@ -58,6 +58,7 @@ import sys
 from absl import app
 from absl import flags
 
+from learned_opt import config as config_lib
 from meta import trainer as trainer_lib
 
 _D = trainer_lib.Options()
@@ -65,8 +66,9 @@ _D = trainer_lib.Options()
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train_dir", None, "Directory for checkpoints, summaries, history.csv and "
                     "run_config.json. Re-running with the same directory resumes.")
-flags.DEFINE_enum("config", _D.config, ["paper", "stable"],
-                  "Optimizer preset: paper (seed paper 1) or stable (+ seed paper 2 fixes).")
+flags.DEFINE_enum("config", _D.config, sorted(config_lib.PRESETS),
+                  "Optimizer preset: paper (seed paper 1), stable (+ seed paper 2 fixes) or "
+                  "lean (stable with 8 floats of state per parameter).")
 flags.DEFINE_string("problems", _D.problems,
                     "Problem set: 'paper' (alias 'default': the 109 problems of seed paper 1), "
                     "'nets' (43 small networks on generated data, with task augmentation; "

@@ -10,6 +10,13 @@ Every size and switch of the optimizer lives in `HRNNConfig`. Two presets:
   a nominal AdamAggMo descent term with its own learned magnitude, a learned gain on the
   blackbox (RNN) term that starts at zero, output preconditioning, and fixed-form EMA
   accumulators. L2 on the meta-parameters is a meta-training option, not part of the config.
+* `lean()`: `stable()` with a small state, 8 float32-equivalents per parameter instead of 20
+  (issue 15): the Parameter GRU state, momenta and mean squares are stored in bfloat16 (all
+  arithmetic stays float32), with 6 Parameter GRU units and 3 momentum timescales. The log step
+  length and the nominal term's raw-gradient RMS stay float32: their EMAs move by less than
+  bfloat16's 0.4 % resolution per step and would stall. Every feature of `stable()` is kept.
+  It needs its own meta-trained weights (a different state layout); `paper` and `stable` are
+  unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from typing import Any
+
+STATE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +48,10 @@ class HRNNConfig:
   use_attention: bool = False         # Nesterov-like attended point phi (eq. 6, 9).
   learned_decays: bool = True         # momentum / RMS decays read out of the RNN each step.
   max_log_lr: float = 33.0            # forward-only clip of the log step length.
+
+  # Storage of the large per-parameter state (param_hidden, momentum, mean_square): "float32"
+  # or "bfloat16" (half the memory; the step computes in float32 and rounds on store).
+  state_dtype: str = "float32"
 
   # Seed paper 2 fixes.
   nominal_term: bool = False       # add exp(a + head) * AdamAggMo to the update.
@@ -63,6 +76,9 @@ class HRNNConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"HRNNConfig.{name} must be a positive int, got {value!r}")
+    if self.state_dtype not in STATE_DTYPES:
+      raise ValueError(f"HRNNConfig.state_dtype must be one of {STATE_DTYPES}, got "
+                       f"{self.state_dtype!r}")
     if not 0.0 < self.nominal_rms_decay < 1.0:
       raise ValueError(
           f"HRNNConfig.nominal_rms_decay must be in (0, 1), got {self.nominal_rms_decay}")
@@ -120,7 +136,12 @@ def stable() -> HRNNConfig:
   )
 
 
-PRESETS = {"paper": paper, "stable": stable}
+def lean() -> HRNNConfig:
+  """`stable()` with 8 float32-equivalents of state per parameter (see the module docstring)."""
+  return dataclasses.replace(stable(), state_dtype="bfloat16", param_units=6, num_timescales=3)
+
+
+PRESETS = {"paper": paper, "stable": stable, "lean": lean}
 
 
 def get(name_or_config: str | HRNNConfig | dict | None) -> HRNNConfig:

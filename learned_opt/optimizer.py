@@ -10,6 +10,12 @@ joint hrnn.step over all variables (the Global GRU couples them) inside
 `strategy.extended.update`, so under MirroredStrategy each replica updates its own copies
 with identical inputs.
 
+The step itself (hrnn.step, the finiteness check and the select between old and new state) is
+compiled with XLA as one function even when the model is not (`jit_step`, default on): the
+step is a long chain of elementwise ops over [N, k] rows, which plain TF runs as one kernel and
+one full-size intermediate per op, and which XLA fuses. Inside a model compiled with
+`jit_compile=True` the function is inlined into the model's cluster.
+
 `_backend_update_step` is a private Keras hook; tests/test_optimizer.py fails if Keras moves it.
 """
 
@@ -50,6 +56,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     config: an HRNNConfig, a preset name ("paper", "stable") or dict. With a weights file it
       must match the file's config (or be None: the file's config is used).
     seed: seed of the untrained initialisation (weights=None only).
+    jit_step: compile the optimizer step with XLA even when the model is not (default True;
+      False runs it as plain TF ops, e.g. where XLA is unavailable).
     **kwargs: Keras' standard optimizer options (clipnorm, clipvalue, global_clipnorm,
       weight_decay, use_ema, ema_momentum, ema_overwrite_frequency, loss_scale_factor,
       gradient_accumulation_steps, name).
@@ -64,7 +72,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
   """
 
   def __init__(self, learning_rate=1e-3, weights="default", config=None, seed=0,
-               name="learned_optimizer", **kwargs):
+               jit_step=True, name="learned_optimizer", **kwargs):
     super().__init__(learning_rate=learning_rate, name=name, **kwargs)
     requested = None if config is None else config_lib.get(config)
     if weights is None:
@@ -78,6 +86,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
       self.weights_provenance = loaded.provenance
     self._weights_spec = None if weights is None else os.fspath(weights)
     self._seed = int(seed)
+    self._jit_step = bool(jit_step)
+    self._step_fns = {}   # {which gradients are present: the (compiled) joint step}
     # Captured eagerly here: build() usually runs inside the traced train step.
     self._initial_lr_value = _initial_lr_value(learning_rate)
     self._reported = (0, 0)   # (iterations, skipped_steps) at the last skipped-steps warning
@@ -121,7 +131,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     for field, value in initial.items():
       if value.ndim and value.shape[0] == 0:
         continue   # disabled feature (nominal_rms / attention_offset)
-      dtype = "int32" if field == "step" else "float32"
+      dtype = keras_backend.standardize_dtype(value.dtype)   # int32 step, bfloat16 lean leaves
       self._state_vars[field] = self.add_variable(
           tuple(value.shape), initializer=const(value, dtype), dtype=dtype,
           name=f"hrnn__{field}")
@@ -145,7 +155,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     return {k: tf.convert_to_tensor(v.value) for k, v in self._meta_vars.items()}
 
   @property
-  def state_floats_per_parameter(self) -> int:
+  def state_floats_per_parameter(self) -> float:
     return hrnn.state_floats_per_parameter(self.hrnn_config)
 
   # ---- the update ---------------------------------------------------------------------------
@@ -182,19 +192,39 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
           g = tf.convert_to_tensor(g)
         g = tf.cast(g, tf.float32)
       grads.append(g)
-    old_state = self.state()
-    out = hrnn.step(self.meta_params(), old_state, grads, self.hrnn_config, layout)
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x))
-                            for x in [*(g for g in grads if g is not None), *out.updates]])
+    present = tuple(g is not None for g in grads)
     scale = tf.cast(learning_rate, tf.float32) / tf.convert_to_tensor(self._initial_lr.value)
+    updates, new_state, finite = self._step_fn(present)(
+        self.meta_params(), self.state(), [g for g in grads if g is not None], scale)
     for field, var in self._state_vars.items():
-      self.assign(var, tf.where(finite, getattr(out.state, field), getattr(old_state, field)))
-    for var, update, g in zip(self._trainable_variables, out.updates, grads):
-      if g is None:
-        continue
-      update = tf.where(finite, update * scale, tf.zeros_like(update))
+      self.assign(var, getattr(new_state, field))
+    variables = [v for v, p in zip(self._trainable_variables, present) if p]
+    for var, update in zip(variables, updates):
       self.assign_sub(var, tf.cast(update, var.dtype))
     self.assign_add(self._skipped, tf.cast(tf.logical_not(finite), tf.int64))
+
+  def _step_fn(self, present):
+    """(meta, state, present grads, lr scale) -> (scaled updates, state, finite), cached."""
+    fn = self._step_fns.get(present)
+    if fn is not None:
+      return fn
+    config, layout = self.hrnn_config, self._layout
+
+    def joint_step(meta, old_state, grads, scale):
+      given = iter(grads)
+      grads = [next(given) if p else None for p in present]
+      out = hrnn.step(meta, old_state, grads, config, layout)
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x))
+                              for x in [*(g for g in grads if g is not None), *out.updates]])
+      new_state = hrnn.State(*[tf.where(finite, new, old)
+                               for new, old in zip(out.state, old_state)])
+      updates = [tf.where(finite, u * scale, tf.zeros_like(u))
+                 for u, p in zip(out.updates, present) if p]
+      return updates, new_state, finite
+
+    fn = tf.function(joint_step, jit_compile=True) if self._jit_step else joint_step
+    self._step_fns[present] = fn
+    return fn
 
   def finalize_variable_values(self, var_list):
     """Called by `model.fit` at its end: warns (once per fit) if steps were skipped."""
@@ -225,7 +255,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
           self._learning_rate, keras.optimizers.schedules.LearningRateSchedule) else \
           cfg["learning_rate"]
     cfg.update({"weights": self._weights_spec, "config": self.hrnn_config.to_dict(),
-                "seed": self._seed})
+                "seed": self._seed, "jit_step": self._jit_step})
     return cfg
 
   @classmethod

@@ -281,3 +281,71 @@ def test_config_presets_and_validation():
     config_lib.HRNNConfig.from_dict({"nope": 1})
   cfg = config_lib.HRNNConfig.from_dict(config_lib.stable().to_dict())
   assert cfg == config_lib.stable()
+
+
+def test_state_floats_per_parameter_counts_real_bytes():
+  """state_floats_per_parameter = bytes of the per-parameter state / 4 / N, every preset."""
+  n = sum(int(np.prod(s)) for s in SHAPES)
+  for name in sorted(config_lib.PRESETS):
+    cfg = config_lib.get(name)
+    _, state = run(cfg, [random_grads(SHAPES)] * 2)
+    nbytes = sum(int(np.prod(getattr(state, f).shape)) * getattr(state, f).dtype.size
+                 for f in hrnn.PER_PARAMETER_FIELDS)
+    assert nbytes / 4 / n == hrnn.state_floats_per_parameter(cfg), name
+    for f in hrnn.STORED_FIELDS:
+      assert getattr(state, f).dtype == tf.as_dtype(cfg.state_dtype), (name, f)
+  assert hrnn.state_floats_per_parameter(config_lib.lean()) <= 8   # issue 15's budget
+
+
+def test_lean_matches_float32_storage_up_to_bfloat16_rounding():
+  """bfloat16 storage only rounds the stored state: same config in float32 stays close."""
+  lean = config_lib.lean()
+  wide = config_lib.HRNNConfig(**{**lean.to_dict(), "state_dtype": "float32"})
+  meta = meta_for(lean)
+  grads = [random_grads(SHAPES, seed=i) for i in range(10)]
+  lean_updates, lean_state = run(lean, grads, meta=meta)
+  wide_updates, _ = run(wide, grads, meta=meta)
+  for a, b in zip(lean_updates[-1], wide_updates[-1]):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0.05, atol=1e-5)
+  assert lean_state.param_hidden.dtype == tf.bfloat16
+  assert all(np.all(np.isfinite(u.numpy())) for u in lean_updates[-1])
+
+
+def test_lean_meta_gradients_flow_through_bfloat16_state():
+  lean = config_lib.lean()
+  values = hrnn.init_meta_params(lean, 0)
+  values["blackbox/gain"] = np.float32(1.0)   # 0 untrained: the RNN term would get no gradient.
+  meta = {k: tf.Variable(v) for k, v in values.items()}
+  layout = hrnn.Layout(SHAPES)
+  params = [tf.constant(g) for g in random_grads(SHAPES, seed=3)]
+  with tf.GradientTape() as tape:
+    state = hrnn.init_state(meta, layout, lean, math.log(1e-2))
+    loss = 0.0
+    for _ in range(3):
+      grads = [2.0 * p for p in params]
+      updates, state = hrnn.step(meta, state, grads, lean, layout)
+      params = [p - u for p, u in zip(params, updates)]
+      loss += sum(tf.reduce_sum(tf.square(p)) for p in params)
+  grads = tape.gradient(loss, meta)
+  assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads.values())
+  assert np.any(grads["param_rnn/gates/kernel_x"].numpy() != 0)
+
+
+def test_asinh_matches_tf_asinh_and_its_gradient():
+  x = tf.constant(np.concatenate([np.linspace(-50, 50, 2001), [0.0, 1e-30, -1e-7, 3e4]]),
+                  tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = hrnn._asinh(x)
+  grad = tape.gradient(y, x)
+  np.testing.assert_allclose(y.numpy(), np.arcsinh(x.numpy().astype(np.float64)), rtol=1e-6,
+                             atol=1e-37)
+  np.testing.assert_allclose(grad.numpy(), 1 / np.sqrt(1 + x.numpy().astype(np.float64) ** 2),
+                             rtol=1e-6)
+
+
+def test_state_dtype_validation():
+  with pytest.raises(ValueError, match="state_dtype"):
+    config_lib.HRNNConfig(state_dtype="float16")
+  assert config_lib.get("lean").state_dtype == "bfloat16"
+  assert config_lib.paper().state_dtype == config_lib.stable().state_dtype == "float32"

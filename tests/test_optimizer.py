@@ -393,3 +393,107 @@ def test_mirrored_strategy_two_replicas_matches_single_device():
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=REPO, timeout=300)
   assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
+
+
+# ---- issue 15: XLA on large models, the XLA-compiled step, the lean state ------------------
+
+LARGE_SHAPES = [(1024, 1024), (1024,), (1024, 10), (10,)]   # 1,059,850 parameters
+
+
+def test_jit_compile_large_model_regression():
+  """>= 1M parameters under jit_compile=True (issue 15, item 0).
+
+  The segment ids used to be built with tf.repeat; under XLA its output has a bounded dynamic
+  size of num_tensors * max(size) (tf.repeat is a boolean mask), which XLA's
+  UnsortedSegmentSum rejected ("dimension 0 differs 1059850 vs. 4194304") once the layout was
+  too big to be constant-folded (~260k parameters). The ids are now a numpy constant.
+  """
+  rng = np.random.default_rng(0)
+  init = [rng.standard_normal(s).astype(np.float32) * 0.1 for s in LARGE_SHAPES]
+  grads = [tf.constant(rng.standard_normal(s).astype(np.float32)) for s in LARGE_SHAPES]
+  opt = learned_opt.LearnedOptimizer(learning_rate=1e-3, weights="default")
+  variables = [keras.Variable(v) for v in init]
+  opt.build(variables)
+
+  @tf.function(jit_compile=True)
+  def apply():
+    opt.apply_gradients(zip(grads, variables))
+
+  apply()
+  layout = hrnn.Layout(LARGE_SHAPES)
+  meta = {k: tf.constant(v) for k, v in opt._meta_values.items()}
+  state = hrnn.init_state(meta, layout, opt.hrnn_config, math.log(1e-3))
+  updates, _ = hrnn.step(meta, state, grads, opt.hrnn_config, layout)
+  for v, v0, u in zip(variables, init, updates):
+    np.testing.assert_allclose(v.numpy(), v0 - u.numpy(), rtol=1e-4, atol=1e-7)
+  assert int(opt.state().step.numpy()) == 1 and opt.skipped_steps == 0
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_large_model():
+  """A 1.06M-parameter model.fit under MirroredStrategy (2 logical CPUs): replicas agree.
+
+  jit_compile=False: XLA with MirroredStrategy over logical CPU devices fails for Keras' own
+  Adam too ("Trying to access resource ... located in device CPU:1 from device CPU:0", a TF
+  limitation); the optimizer's own step is still XLA-compiled (jit_step) on each replica.
+  """
+  script = textwrap.dedent("""
+    import numpy as np, tensorflow as tf, keras
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import learned_opt
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 1024)).astype("float32")
+    y = rng.integers(0, 10, 64)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with mirrored.scope():
+      keras.utils.set_random_seed(0)
+      model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024, activation="relu"),
+                                keras.layers.Dense(10)])
+      assert model.count_params() >= 1_000_000
+      model.compile(learned_opt.LearnedOptimizer(learning_rate=1e-3),
+                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    opt = model.optimizer
+    steps = [int(t.numpy()) for t in
+             mirrored.experimental_local_results(opt._state_vars["step"].value)]
+    assert steps == [2, 2], steps   # 64 examples, global batch 32
+    hidden = mirrored.experimental_local_results(opt._state_vars["param_hidden"].value)
+    np.testing.assert_allclose(hidden[0].numpy(), hidden[1].numpy(), rtol=1e-6)
+    assert opt.skipped_steps == 0 and all(np.isfinite(w).all() for w in model.get_weights())
+    print("MIRRORED_LARGE_OK")
+  """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, timeout=900)
+  assert "MIRRORED_LARGE_OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("preset", ["stable", "lean"])
+def test_plain_tf_step_matches_functional(preset):
+  """jit_step=False (the step as plain TF ops) follows hrnn.step too."""
+  init, loss = quadratic_problem()
+  opt = learned_opt.LearnedOptimizer(learning_rate=3e-3, weights=None, config=preset,
+                                     jit_step=False)
+  _, keras_history = keras_trajectory(opt, 8, init, loss)
+  functional_history, _ = functional_trajectory(config_lib.get(preset), 8, init, loss, 3e-3)
+  assert_same_history(keras_history, functional_history)
+
+
+def test_lean_keras_state_is_the_unroll_state():
+  """Parity (issue 15): the lean Keras optimizer stores exactly what an hrnn.step loop carries
+  (bfloat16 leaves included) and makes the same updates, over many steps."""
+  init, loss = quadratic_problem(seed=1)
+  opt = learned_opt.LearnedOptimizer(learning_rate=3e-3, weights=None, config="lean")
+  _, keras_history = keras_trajectory(opt, 40, init, loss)
+  functional_history, state = functional_trajectory(config_lib.lean(), 40, init, loss, 3e-3)
+  assert_same_history(keras_history, functional_history, rtol=1e-4, atol=1e-6)
+  keras_state = opt.state()
+  for field in hrnn.State._fields:
+    a, b = getattr(keras_state, field), getattr(state, field)
+    assert a.dtype == b.dtype and a.shape == b.shape, field
+    np.testing.assert_allclose(tf.cast(a, tf.float64).numpy(), tf.cast(b, tf.float64).numpy(),
+                               rtol=1e-2, atol=1e-5, err_msg=field)
+  assert opt.state_floats_per_parameter <= 8
+  assert keras_state.momentum.dtype == tf.bfloat16
+  assert opt._state_vars["momentum"].dtype == "bfloat16"
