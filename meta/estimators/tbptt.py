@@ -62,6 +62,10 @@ class TBPTT:
     arrays = checkpoints.unpack_arrays(blob)
     if "__headers__" not in arrays:
       return
+    if "__estimator__" in arrays:
+      raise ValueError(f"--train_dir {self.trainer.options.train_dir} was meta-trained with "
+                       f"--estimator {arrays['__estimator__']}; resume it with that estimator "
+                       "or use a fresh --train_dir")
     restored = []
     for slot, header in enumerate(json.loads(str(arrays["__headers__"]))):
       if header is None:
