@@ -1,5 +1,10 @@
 """The meta-training loop: sample problems, run partial unrolls, apply RMSProp, checkpoint.
 
+The loop asks an estimator (meta/estimators/, `--estimator`) for each meta-step and records
+what it reports. What follows describes truncated BPTT (estimators/tbptt.py, the default);
+PES over a population of long trajectories is described in estimators/pes.py. `--meta_optimizer
+adam` replaces RMSProp (meta/meta_optimizer.py).
+
 Seed paper 1 §4.2-4.5, hrnn_reference.md §3. One meta-step = one partial unroll = one
 meta-gradient update (the reference's global_step counts partial unrolls too).
 

@@ -102,7 +102,8 @@ class TBPTT:
     log_lr_seed = [trajectory.init_seeds[rid] % (2**31 - 1), 7919]
     return unroll_lib.start_carry(
         problem, self.trainer.meta.as_dict(), self.trainer.config, data, trajectory.init_seeds[rid],
-        log_lr_seed, lr_range=(self.trainer.options.lr_min, self.trainer.options.lr_max), state=keep_state)
+        log_lr_seed, lr_range=(self.trainer.options.lr_min, self.trainer.options.lr_max),
+        state=keep_state)
 
   def train_step(self) -> dict:
     """Runs one partial unroll on every replica and one meta-update. Returns diagnostics."""
@@ -118,11 +119,12 @@ class TBPTT:
     for rid in self.trainer._local_ids:
       if rid not in trajectory.carries:
         trajectory.carries[rid] = self._start(trajectory, previous, rid)
-    datas = {rid: self.trainer._data(problem, trajectory.data_seeds[rid]) for rid in self.trainer._local_ids}
+    datas = {rid: self.trainer._data(problem, trajectory.data_seeds[rid])
+             for rid in self.trainer._local_ids}
     start = time.perf_counter()
     if self.trainer.strategy is None:
-      out = self.trainer.unroller(problem, self.trainer.meta.as_dict(), trajectory.carries[0], datas[0],
-                          num_steps, seeds[0])
+      out = self.trainer.unroller(problem, self.trainer.meta.as_dict(), trajectory.carries[0],
+                                  datas[0], num_steps, seeds[0])
       outs = {0: out}
       valid = bool(out.finite)
       if valid:
@@ -175,7 +177,8 @@ class TBPTT:
     num_valid = int(round(float(total[-1])))
     if num_valid:
       parts = tf.split(total[:-1], [int(np.prod(s)) for s in shapes])
-      self.trainer._apply({k: tf.reshape(p, s) / num_valid for k, p, s in zip(names, parts, shapes)})
+      self.trainer._apply({k: tf.reshape(p, s) / num_valid
+                           for k, p, s in zip(names, parts, shapes)})
     leaves = [strategy.experimental_local_results(x) for x in tf.nest.flatten(outs)]
     per_rid = {rid: tf.nest.pack_sequence_as(outs, [leaf[index] for leaf in leaves])
                for index, rid in enumerate(local)}
@@ -229,7 +232,7 @@ class TBPTT:
       trajectory.carries[0] = out.carry
       trajectory.unroll_index += 1
       info = self.trainer._info(problem, trajectory, {0: out}, num_steps,
-                        time.perf_counter() - start, not bool(out.finite))
+                                time.perf_counter() - start, not bool(out.finite))
       if not bool(out.finite):
         trajectory.unroll_index = trajectory.num_unrolls
       self.trainer.train_state.step.assign_add(1)
