@@ -248,7 +248,7 @@ def test_meta_adam_matches_keras_adam():
 
 # --- strategies -------------------------------------------------------------------------------
 
-def _helper(kind, train_dir, steps, overrides, timeout=500):
+def _helper(kind, train_dir, steps, overrides, timeout=900):
   env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run([sys.executable, str(REPO / "tests" / "meta_strategy_helper.py"), kind,
                          str(train_dir), str(steps), json.dumps(overrides)], cwd=REPO, env=env,
@@ -258,6 +258,7 @@ def _helper(kind, train_dir, steps, overrides, timeout=500):
 
 
 PES_HELPER = dict(estimator="pes", problems="bowl_k1", num_tasks=2, pes_particles=4,
+                  unroll_mode="function",   # tf.function: no XLA compile per replica device
                   trajectory_min_steps=20, trajectory_max_steps=40, truncation_min_steps=10,
                   truncation_max_steps=10)
 
