@@ -129,7 +129,8 @@ def _estimator_cell(estimator, problem_name, config_name, steps, particles, repe
     xi = {k: tf.zeros([particles] + v.shape.as_list()) for k, v in meta.items()}
     def call(r):
       out = fn(meta, xi, carries, data, tf.constant(steps), tf.constant([5, r]),
-               tf.constant([7, r]), tf.constant(0), tf.constant(False), tf.constant(0.01))
+               tf.constant([7, r]), tf.constant(0), tf.constant(False), tf.constant(0.01),
+               tf.constant(particles))
       return float(out[1])
   else:
     call = None

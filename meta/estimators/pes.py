@@ -33,7 +33,8 @@ by the loss at its trajectory's start, so tasks of different scales weigh alike.
 
 Compiled functions: one per (problem, particles), `tf.function(jit_compile=True)` around a
 `tf.map_fn` over the particles, each a forward-only `unroll_lib.unroll`; P particles cost
-about P forward passes in one call. The start state's learned initial hidden states are
+about P forward passes in one call (the particle loop's trip count is a run-time value, so XLA
+does not unroll it). The start state's learned initial hidden states are
 computed inside with each particle's perturbed theta (so PES sees their gradient too).
 
 Strategies. mirrored / multi_worker: every replica runs the same tasks on its own share of the
@@ -92,7 +93,8 @@ def perturbation(theta, noise_seed, pair, sigma) -> dict:
 
 
 def truncation(truncate: Callable, theta: dict, xi: dict, carries, sigma, noise_seed,
-               pair_offset=0, aux_signature=tf.TensorSpec([], tf.float32)) -> Truncation:
+               pair_offset=0, aux_signature=tf.TensorSpec([], tf.float32),
+               trip_count=None) -> Truncation:
   """One PES truncation of P particles (P even; particles 2j, 2j+1 are pair pair_offset + j).
 
   Args:
@@ -102,6 +104,9 @@ def truncation(truncate: Callable, theta: dict, xi: dict, carries, sigma, noise_
     carries: per-particle inner states, every leaf stacked on a leading [P] axis.
     noise_seed: int32 [2]; the perturbation of pair j depends on (noise_seed, j) only, so
       particles give the same numbers whichever replica runs them.
+    trip_count: int32 tensor equal to P, passed in at run time: a loop over the particles
+      whose trip count XLA cannot see is not unrolled into P copies of the unroll at compile
+      time (a static one made a compile of 8 particles take many minutes).
   """
   num_particles = int(tf.nest.flatten(xi)[0].shape[0])
   if num_particles % 2:
@@ -121,8 +126,9 @@ def truncation(truncate: Callable, theta: dict, xi: dict, carries, sigma, noise_
   signature = (tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool),
                tf.nest.map_structure(per_particle, carries),
                tf.nest.map_structure(per_particle, xi), aux_signature)
-  losses, finite, carries, xi, aux = tf.map_fn(
-      one, (tf.range(num_particles), xi, carries), fn_output_signature=signature)
+  losses, finite, carries, xi, aux = _particle_loop(
+      one, num_particles, num_particles if trip_count is None else trip_count,
+      (xi, carries), signature)
   finite = tf.logical_and(finite, tf.math.is_finite(losses))
   pair_ok = tf.reduce_all(tf.reshape(finite, [-1, 2]), axis=1)
   valid = tf.reshape(tf.stack([pair_ok, pair_ok], axis=1), [-1])
@@ -134,6 +140,22 @@ def truncation(truncate: Callable, theta: dict, xi: dict, carries, sigma, noise_
   return Truncation(weighted, losses, valid, carries, xi, aux)
 
 
+def _particle_loop(fn, num_particles: int, trip_count, elems, signature):
+  """tf.map_fn over the leading axis of `elems`, with a loop bound given as a tensor."""
+  outputs = [tf.TensorArray(spec.dtype, size=num_particles, element_shape=spec.shape)
+             for spec in tf.nest.flatten(signature)]
+  flat_elems = tf.nest.flatten(elems)
+
+  def body(i, arrays):
+    args = tf.nest.pack_sequence_as(elems, [tf.gather(x, i) for x in flat_elems])
+    results = tf.nest.flatten(fn((i,) + tuple(args)))
+    return i + 1, [a.write(i, r) for a, r in zip(arrays, results)]
+
+  _, outputs = tf.while_loop(lambda i, _: i < trip_count, body, (tf.constant(0), outputs),
+                             maximum_iterations=num_particles)
+  return tf.nest.pack_sequence_as(signature, [a.stack() for a in outputs])
+
+
 # --------------------------------------------------------------------------------------------
 # The compiled hRNN truncation of one task's particles.
 # --------------------------------------------------------------------------------------------
@@ -143,7 +165,9 @@ _COMPILED: dict[tuple, Callable] = {}
 
 def task_function(problem, config, *, max_steps: int, num_particles: int, mode: str = "xla"):
   """Compiled fn(theta, xi, carries, data, num_steps, seed, noise_seed, pair_offset, fresh,
-  sigma) -> (grad_sum, num_valid, losses, valid, carries, xi, stats [P, NUM_STATS]).
+  sigma, trip_count) -> (grad_sum, num_valid, losses, valid, carries, xi, stats [P, NUM_STATS]).
+
+  trip_count: tf.constant(num_particles), see `truncation`.
 
   `fresh`: the trajectory starts here: each particle's learned initial hidden states are
   recomputed from its perturbed theta. Forward only, so `max_steps` only bounds the loop.
@@ -153,7 +177,8 @@ def task_function(problem, config, *, max_steps: int, num_particles: int, mode: 
     return _COMPILED[key]
   layout = hrnn.Layout(problem.param_shapes())
 
-  def fn(theta, xi, carries, data, num_steps, seed, noise_seed, pair_offset, fresh, sigma):
+  def fn(theta, xi, carries, data, num_steps, seed, noise_seed, pair_offset, fresh, sigma,
+         trip_count):
     def truncate(theta_i, carry):
       state = tf.cond(fresh,
                       lambda: hrnn.init_state(theta_i, layout, config, carry.state.log_lr),
@@ -165,7 +190,8 @@ def task_function(problem, config, *, max_steps: int, num_particles: int, mode: 
       return out.meta_loss, out.finite, out.carry, stats
 
     result = truncation(truncate, theta, xi, carries, sigma, noise_seed, pair_offset,
-                        aux_signature=tf.TensorSpec([NUM_STATS], tf.float32))
+                        aux_signature=tf.TensorSpec([NUM_STATS], tf.float32),
+                        trip_count=trip_count)
     grad_sum = {k: tf.reduce_sum(w, axis=0) for k, w in result.weighted.items()}
     num_valid = tf.reduce_sum(tf.cast(result.valid, tf.float32))
     return (grad_sum, num_valid, result.losses, result.valid, result.carries, result.xi,
@@ -332,7 +358,8 @@ class PES:
       data, num_steps, seed, noise_seed = self._args(entry, data)
       grads, valid_count, losses, valid, carries, xi, stats = fn(
           meta, xi, carries, data, num_steps, seed, noise_seed,
-          tf.constant(pair_offset, tf.int32), tf.constant(entry["fresh"]), sigma)
+          tf.constant(pair_offset, tf.int32), tf.constant(entry["fresh"]), sigma,
+          tf.constant(self.local_particles, tf.int32))
       total = {k: total[k] + grads[k] for k in total}
       count += valid_count
       outs.append((losses, valid, carries, xi, stats))
@@ -387,7 +414,7 @@ class PES:
       def worker_fn(xi, carries, data, num_steps, seed, noise_seed, fresh, sigma):
         meta = {k: tf.identity(v) for k, v in meta_vars.items()}   # reads from the PS
         return fn(meta, xi, carries, data, num_steps, seed, noise_seed,
-                  tf.constant(0, tf.int32), fresh, sigma)
+                  tf.constant(0, tf.int32), fresh, sigma, tf.constant(self.num_particles))
       self._ps_functions[problem.name] = worker_fn
     return self._ps_functions[problem.name]
 
