@@ -32,7 +32,7 @@ The meta-loss of a truncation is meta/objective.py's mean log(f / f_init): norma
 by the loss at its trajectory's start, so tasks of different scales weigh alike.
 
 Compiled functions: one per (problem, particles), `tf.function(jit_compile=True)` around a
-`tf.map_fn` over the particles, each a forward-only `unroll_lib.unroll`; P particles cost
+`tf.while_loop` over the particles, each a forward-only `unroll_lib.unroll`; P particles cost
 about P forward passes in one call (the particle loop's trip count is a run-time value, so XLA
 does not unroll it). The start state's learned initial hidden states are
 computed inside with each particle's perturbed theta (so PES sees their gradient too).
