@@ -48,7 +48,6 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
