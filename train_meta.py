@@ -1,7 +1,8 @@
 r"""Meta-trains the hierarchical RNN optimizer (seed paper 1 §4, hrnn_reference.md §3).
 
-Truncated backpropagation through partial unrolls on the problem ensemble (problems/), with
-second derivatives, the log meta-objective of eq. 14, RMSProp on the meta-parameters,
+By default (--estimator tbptt) truncated backpropagation through partial unrolls on the
+problem ensemble (problems/), with second derivatives, the log meta-objective of eq. 14,
+RMSProp on the meta-parameters (or PES and Adam, below),
 checkpoints that resume exactly, TensorBoard summaries, and export to a weights file that
 `learned_opt.LearnedOptimizer(weights=PATH)` loads. The pieces live in meta/.
 
@@ -24,6 +25,15 @@ Reference (paper-scale) unroll and meta-optimizer settings:
   python train_meta.py --train_dir DIR --num_unrolls_scale 40 --min_num_unrolls 1 \
       --unroll_steps_scale 200 --min_unroll_steps 50 --max_unroll_steps 2048 \
       --trajectories_per_problem 5 --meta_learning_rate 1e-6 --rms_epsilon 1e-20
+
+Long horizons with PES (meta/estimators/pes.py; learned_optimization's recipe: a population
+of 8 tasks, trajectories log-uniform in 100-10,000 inner steps, truncations of 50-200, outer
+Adam with a gradient clip):
+
+  python train_meta.py --train_dir DIR --estimator pes --num_tasks 8 --pes_particles 2 \
+      --pes_sigma 0.01 --trajectory_min_steps 100 --trajectory_max_steps 10000 \
+      --truncation_min_steps 50 --truncation_max_steps 200 \
+      --meta_optimizer adam --meta_learning_rate 3e-4 --gradient_clip 3
 
 All devices of one machine, synchronous (each replica its own instance of the step's problem):
 
@@ -99,6 +109,30 @@ flags.DEFINE_float("lr_min", _D.lr_min, "Initial learning rates are drawn over "
 flags.DEFINE_float("lr_max", _D.lr_max, "See --lr_min.")
 flags.DEFINE_bool("second_derivatives", _D.second_derivatives,
                   "Backpropagate through the problem gradients (false: stop_gradient).")
+flags.DEFINE_enum("estimator", _D.estimator, ["tbptt", "pes"],
+                  "Meta-gradient estimator: tbptt (truncated backprop through one partial "
+                  "unroll, seed paper 1) or pes (persistent evolution strategies over a "
+                  "population of long trajectories; meta/estimators/pes.py).")
+flags.DEFINE_integer("num_tasks", _D.num_tasks, "PES: trajectories (tasks) in the population; "
+                     "one meta-step averages one truncation of each.")
+flags.DEFINE_integer("pes_particles", _D.pes_particles, "PES: particles per task, in "
+                     "antithetic pairs (even; a multiple of 2 x replicas under mirrored / "
+                     "multi_worker).")
+flags.DEFINE_float("pes_sigma", _D.pes_sigma, "PES: standard deviation of the perturbations "
+                   "of the meta-parameters.")
+flags.DEFINE_integer("trajectory_min_steps", _D.trajectory_min_steps, "PES: trajectory "
+                     "lengths (inner steps) are log-uniform in [min, max].")
+flags.DEFINE_integer("trajectory_max_steps", _D.trajectory_max_steps, "See "
+                     "--trajectory_min_steps.")
+flags.DEFINE_integer("truncation_min_steps", _D.truncation_min_steps, "PES: steps per "
+                     "truncation are uniform in [min, max] (max: the compiled loop's bound).")
+flags.DEFINE_integer("truncation_max_steps", _D.truncation_max_steps, "See "
+                     "--truncation_min_steps.")
+flags.DEFINE_enum("meta_optimizer", _D.meta_optimizer, ["rmsprop", "adam"],
+                  "rmsprop (reference) or adam (PES recipe: learned_optimization uses Adam "
+                  "3e-4 with a gradient clip; see --gradient_clip).")
+flags.DEFINE_float("adam_beta1", _D.adam_beta1, "Adam's first-moment decay.")
+flags.DEFINE_float("adam_beta2", _D.adam_beta2, "Adam's second-moment decay.")
 flags.DEFINE_float("meta_learning_rate", _D.meta_learning_rate,
                    "RMSProp learning rate. Reference: 1e-6 (with ~1000 async workers); 1e-3 "
                    "gives visible progress in minutes on one CPU.")

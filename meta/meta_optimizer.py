@@ -1,4 +1,7 @@
-"""RMSProp on the meta-parameters, with the reference's gradient cleaning (hrnn_reference.md §3).
+"""RMSProp or Adam on the meta-parameters, with the reference's gradient cleaning.
+
+hrnn_reference.md §3 (RMSProp) and peers.md §1.4 (Adam: learned_optimization's PES recipe
+uses outer Adam at 3e-4 behind a gradient clip). `build(name, ...)` picks one.
 
 Per element: non-finite meta-gradients are replaced by 0, then clipped to +-clip (reference
 `gradient_clip_level` 1e4). Optional L2 on the meta-parameters (seed paper 2's "weight decay":
@@ -16,6 +19,8 @@ minutes, so the slot starts at zero (as Keras' RMSprop; the first step is lr * s
 from __future__ import annotations
 
 from typing import Mapping
+
+NAMES = ("rmsprop", "adam")
 
 import tensorflow as tf
 
@@ -65,3 +70,52 @@ class MetaRMSProp(tf.Module):
       new_ms = self.decay * ms + (1.0 - self.decay) * tf.square(grads[k])
       ms.assign(new_ms)
       variables[k].assign_sub(self.learning_rate * grads[k] * tf.math.rsqrt(new_ms + self.epsilon))
+
+
+class MetaAdam(MetaRMSProp):
+  """Adam (Kingma & Ba) for a dict of meta-parameter variables, after the same cleaning.
+
+  m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, theta <- theta - lr m_hat / (sqrt(v_hat)
+  + eps) with bias-corrected m_hat, v_hat. The gradient is cleaned first (non-finite -> 0,
+  L2, elementwise clip at `clip`), so with PES's noisy estimates `clip` bounds each
+  coordinate's contribution to the moments; learned_optimization clips at 3 before Adam.
+  """
+
+  def __init__(self, variables: Mapping[str, tf.Variable], learning_rate: float,
+               beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8,
+               clip: float = 1e4, l2: float = 0.0, name: str = "meta_adam"):
+    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+      raise ValueError(f"bad Adam settings beta1={beta1} beta2={beta2}")
+    super().__init__(variables, learning_rate, decay=beta2, epsilon=epsilon, clip=clip, l2=l2,
+                     name=name)
+    self.beta1 = float(beta1)
+    with self.name_scope:
+      self.momentum = {
+          k: tf.Variable(tf.zeros_like(variables[k]), trainable=False,
+                         name="m__" + k.replace("/", "__")) for k in self.names}
+      self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+
+  def apply(self, grads: Mapping[str, tf.Tensor], variables: Mapping[str, tf.Variable]):
+    """One Adam update of `variables` from raw meta-gradients `grads`."""
+    grads = self.clean(grads, variables)
+    t = tf.cast(self.iterations.assign_add(1), tf.float32)
+    correction1 = 1.0 - tf.pow(self.beta1, t)
+    correction2 = 1.0 - tf.pow(self.decay, t)
+    for k in self.names:
+      m = self.momentum[k].assign(self.beta1 * self.momentum[k] + (1.0 - self.beta1) * grads[k])
+      v = self.mean_square[k].assign(
+          self.decay * self.mean_square[k] + (1.0 - self.decay) * tf.square(grads[k]))
+      variables[k].assign_sub(self.learning_rate * (m / correction1)
+                              / (tf.sqrt(v / correction2) + self.epsilon))
+
+
+def build(name: str, variables: Mapping[str, tf.Variable], learning_rate: float, *,
+          decay: float, epsilon: float, clip: float, l2: float, beta1: float = 0.9,
+          beta2: float = 0.999, adam_epsilon: float = 1e-8):
+  """The meta-optimizer `name` ("rmsprop": reference; "adam": PES recipe)."""
+  if name == "rmsprop":
+    return MetaRMSProp(variables, learning_rate, decay=decay, epsilon=epsilon, clip=clip, l2=l2)
+  if name == "adam":
+    return MetaAdam(variables, learning_rate, beta1=beta1, beta2=beta2, epsilon=adam_epsilon,
+                    clip=clip, l2=l2)
+  raise ValueError(f"unknown --meta_optimizer {name!r}; choose one of {NAMES}")

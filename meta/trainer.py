@@ -1,5 +1,10 @@
 """The meta-training loop: sample problems, run partial unrolls, apply RMSProp, checkpoint.
 
+The loop asks an estimator (meta/estimators/, `--estimator`) for each meta-step and records
+what it reports. What follows describes truncated BPTT (estimators/tbptt.py, the default);
+PES over a population of long trajectories is described in estimators/pes.py. `--meta_optimizer
+adam` replaces RMSProp (meta/meta_optimizer.py).
+
 Seed paper 1 §4.2-4.5, hrnn_reference.md §3. One meta-step = one partial unroll = one
 meta-gradient update (the reference's global_step counts partial unrolls too).
 
@@ -45,7 +50,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -56,6 +60,7 @@ from learned_opt import config as config_lib
 from learned_opt import hrnn
 from learned_opt import weights as weights_lib
 from meta import checkpoints
+from meta import estimators
 from meta import meta_optimizer
 from meta import profile
 from meta import strategy as strategy_lib
@@ -83,7 +88,22 @@ class Options:
   lr_min: float = 1e-6
   lr_max: float = 1e-2
   second_derivatives: bool = True
-  # Meta-optimizer. Reference: lr 1e-6, eps 1e-20 with many asynchronous workers.
+  # Estimator (meta/estimators/): "tbptt" (the fields above) or "pes" (the fields below).
+  estimator: str = "tbptt"
+  # PES population (peers.md §1.4, learned_optimization's stock recipe: 16 tasks, truncations
+  # of 50, lengths log-uniform in 100-10,000). Particles are per task, in antithetic pairs.
+  num_tasks: int = 8
+  pes_particles: int = 2
+  pes_sigma: float = 0.01
+  trajectory_min_steps: int = 100
+  trajectory_max_steps: int = 10_000
+  truncation_min_steps: int = 50
+  truncation_max_steps: int = 200
+  # Meta-optimizer: "rmsprop" (reference) or "adam" (PES recipe; Adam's epsilon is 1e-8).
+  meta_optimizer: str = "rmsprop"
+  adam_beta1: float = 0.9
+  adam_beta2: float = 0.999
+  # RMSProp / Adam settings. Reference: lr 1e-6, eps 1e-20 with many asynchronous workers.
   meta_learning_rate: float = 1e-3
   rms_decay: float = 0.9
   rms_epsilon: float = 1e-10
@@ -129,6 +149,24 @@ class Options:
     need(0 < self.lr_min < self.lr_max, f"need 0 < --lr_min < --lr_max, got "
          f"{self.lr_min}, {self.lr_max}")
     need(self.meta_learning_rate > 0, "--meta_learning_rate must be > 0")
+    need(self.estimator in estimators.NAMES,
+         f"--estimator must be one of {estimators.NAMES}, got {self.estimator!r}")
+    need(self.meta_optimizer in meta_optimizer.NAMES,
+         f"--meta_optimizer must be one of {meta_optimizer.NAMES}, got {self.meta_optimizer!r}")
+    need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1,
+         "--adam_beta1 and --adam_beta2 must be in [0, 1)")
+    if self.estimator == "pes":
+      need(self.num_tasks >= 1, f"--num_tasks must be >= 1, got {self.num_tasks}")
+      need(self.pes_particles >= 2 and self.pes_particles % 2 == 0,
+           f"--pes_particles must be a positive even number (antithetic pairs), got "
+           f"{self.pes_particles}")
+      need(self.pes_sigma > 0, f"--pes_sigma must be > 0, got {self.pes_sigma}")
+      need(1 <= self.truncation_min_steps <= self.truncation_max_steps,
+           "need 1 <= --truncation_min_steps <= --truncation_max_steps, got "
+           f"{self.truncation_min_steps}, {self.truncation_max_steps}")
+      need(1 <= self.trajectory_min_steps <= self.trajectory_max_steps,
+           "need 1 <= --trajectory_min_steps <= --trajectory_max_steps, got "
+           f"{self.trajectory_min_steps}, {self.trajectory_max_steps}")
     need(0 <= self.rms_decay < 1, "--rms_decay must be in [0, 1)")
     need(self.rms_epsilon >= 0, "--rms_epsilon must be >= 0")
     need(self.gradient_clip > 0, "--gradient_clip must be > 0")
@@ -360,9 +398,10 @@ class Trainer:
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
       self.meta = hrnn.MetaParams(self.config, seed=options.init_seed)
-      self.optimizer = meta_optimizer.MetaRMSProp(
-          self.meta.variables_by_name, options.meta_learning_rate, decay=options.rms_decay,
-          epsilon=options.rms_epsilon, clip=options.gradient_clip, l2=options.meta_l2)
+      self.optimizer = meta_optimizer.build(
+          options.meta_optimizer, self.meta.variables_by_name, options.meta_learning_rate,
+          decay=options.rms_decay, epsilon=options.rms_epsilon, clip=options.gradient_clip,
+          l2=options.meta_l2, beta1=options.adam_beta1, beta2=options.adam_beta2)
     self.train_state = checkpoints.TrainState()
     self.checkpoint = tf.train.Checkpoint(meta=self.meta, meta_optimizer=self.optimizer,
                                           train_state=self.train_state)
@@ -371,13 +410,12 @@ class Trainer:
       checkpoint_dir = self.train_dir / "worker_tmp" / f"task_{_task_id(strategy)}"
     self.manager = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir),
                                               max_to_keep=options.keep_checkpoints)
-    self.trajectory: Trajectory | None = None
-    self.slots: list[Trajectory | None] = []   # parameter server: one per worker
     self._local_ids = self._local_replica_ids()
     self._apply = tf.function(lambda grads: self.optimizer.apply(
         grads, self.meta.variables_by_name))
-    self._ps_functions: dict[str, Any] = {}
     self._data_cache: dict[tuple, dict] = {}
+    # The meta-gradient estimator (meta/estimators/): holds the in-flight trajectories.
+    self.estimator = estimators.build(options.estimator, self)
     self.needs_fresh_process = False
     limit = memory_map_limit()
     kernel_budget = int(0.9 * limit) if limit else 0
@@ -442,7 +480,7 @@ class Trainer:
       try:
         self.checkpoint.restore(path).assert_existing_objects_matched()
         self.sampler.restore(self.train_state.sampler.numpy().decode())
-        self._unpack_trajectories(self.train_state.trajectories.numpy())
+        self.estimator.unpack(self.train_state.trajectories.numpy())
       except Exception as e:  # noqa: BLE001 - corrupt files raise many types (IndexError, ...)
         failures.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         log.warning("checkpoint %s is unreadable: %s", path, failures[-1])
@@ -486,61 +524,25 @@ class Trainer:
         "checkpoint": restored, "options": options, "changed": changed,
         "no_effect": no_effect})
 
-  def _pack_trajectories(self) -> bytes:
-    items = [self.trajectory] if not self.is_ps else self.slots
-    arrays, headers = {}, []
-    for slot, trajectory in enumerate(items):
-      if trajectory is None:
-        headers.append(None)
-        continue
-      headers.append(trajectory.header())
-      for rid, carry in trajectory.carries.items():
-        for k, v in unroll_lib.carry_to_numpy(carry).items():
-          arrays[f"{slot}/{rid}/{k}"] = v
-    arrays["__headers__"] = np.asarray(json.dumps(headers))
-    return checkpoints.pack_arrays(arrays)
-
-  def _unpack_trajectories(self, blob: bytes) -> None:
-    arrays = checkpoints.unpack_arrays(blob)
-    if "__headers__" not in arrays:
-      return
-    restored = []
-    for slot, header in enumerate(json.loads(str(arrays["__headers__"]))):
-      if header is None:
-        restored.append(None)
-        continue
-      trajectory = Trajectory(**header)
-      problem = self.problems_by_name.get(trajectory.problem)
-      if problem is None:
-        log.warning("the checkpoint's trajectory in progress is on problem %s, which --problems "
-                    "%r no longer includes: it is abandoned, and the next meta-step starts a "
-                    "new trajectory", trajectory.problem, self.options.problems)
-        restored.append(None)
-        continue
-      for rid in range(self.num_replicas):
-        prefix = f"{slot}/{rid}/"
-        sub = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-        if sub:
-          trajectory.carries[rid] = unroll_lib.carry_from_numpy(
-              sub, len(problem.param_shapes()))
-      # A worker of a multi-worker run lacks its replicas' carries (only the chief's
-      # checkpoint is kept): train_step restarts those replicas from fresh parameters and
-      # state, keeping the shared schedule so that all workers stay in step (documented).
-      restored.append(trajectory)
-    if self.is_ps:
-      self.slots = restored
-    else:
-      self.trajectory = restored[0] if restored else None
-
   def save(self) -> None:
     with profile.LEDGER.time("checkpoint"):
       self.train_state.sampler.assign(self.sampler.state_json())
-      self.train_state.trajectories.assign(self._pack_trajectories())
+      self.train_state.trajectories.assign(self.estimator.pack())
       self.manager.save(checkpoint_number=int(self.train_state.step.numpy()))
 
   @property
   def step(self) -> int:
     return int(self.train_state.step.numpy())
+
+  @property
+  def trajectory(self):
+    """TBPTT's in-flight trajectory (synchronous strategies)."""
+    return self.estimator.trajectory
+
+  def train_step(self) -> dict:
+    """One synchronous meta-step of the estimator. Returns its diagnostics."""
+    (info,) = self.estimator.step()
+    return info
 
   # --- one synchronous meta-step --------------------------------------------------------
 
@@ -552,101 +554,6 @@ class Trainer:
         self._data_cache.clear()
       self._data_cache[key] = unroll_lib.data_tensors(problem.sample_data(int(seed)))
     return self._data_cache[key]
-
-  def _start(self, trajectory: Trajectory, previous: Trajectory | None, rid: int):
-    problem = self.problems_by_name[trajectory.problem]
-    data = self._data(problem, trajectory.data_seeds[rid])
-    keep_state = None
-    if (trajectory.trajectory_index > 0 and not self.options.reset_state_every_trajectory
-        and previous is not None and rid in previous.carries):
-      state = previous.carries[rid].state
-      if all(bool(tf.reduce_all(tf.math.is_finite(tf.cast(x, tf.float32))))
-             for x in state if x.dtype.is_floating):
-        keep_state = state
-    log_lr_seed = [trajectory.init_seeds[rid] % (2**31 - 1), 7919]
-    return unroll_lib.start_carry(
-        problem, self.meta.as_dict(), self.config, data, trajectory.init_seeds[rid],
-        log_lr_seed, lr_range=(self.options.lr_min, self.options.lr_max), state=keep_state,
-        unroller=self.unroller)
-
-  def train_step(self) -> dict:
-    """Runs one partial unroll on every replica and one meta-update. Returns diagnostics."""
-    previous = self.trajectory
-    if self.trajectory is None or self.trajectory.unroll_index >= self.trajectory.num_unrolls:
-      self.trajectory = self.sampler.next_trajectory(previous)
-    trajectory = self.trajectory
-    problem = self.problems_by_name[trajectory.problem]
-    num_steps = self.sampler.unroll_steps()
-    seeds = self.sampler.step_seeds()
-    if trajectory.unroll_index == 0:
-      trajectory.carries = {}
-    with profile.LEDGER.time("data"):
-      for rid in self._local_ids:
-        if rid not in trajectory.carries:
-          trajectory.carries[rid] = self._start(trajectory, previous, rid)
-      datas = {rid: self._data(problem, trajectory.data_seeds[rid]) for rid in self._local_ids}
-    start = time.perf_counter()
-    if self.strategy is None:
-      out = self.unroller(problem, self.meta.as_dict(), trajectory.carries[0], datas[0],
-                          num_steps, seeds[0])
-      outs = {0: out}
-      valid = bool(out.finite)
-      if valid:
-        with profile.LEDGER.time("meta_update"):
-          self._apply(out.meta_grads)
-      num_valid = int(valid)
-    else:
-      outs, num_valid = self._mirrored_step(problem, trajectory, datas, num_steps, seeds)
-    elapsed = time.perf_counter() - start
-
-    finite_any = False
-    for rid, out in outs.items():
-      trajectory.carries[rid] = out.carry
-      finite_any |= bool(out.finite)
-    trajectory.unroll_index += 1
-    # A diverged replica ends the trajectory (all replicas share its schedule).
-    diverged = not all(bool(o.finite) for o in outs.values())
-    info = self._info(problem, trajectory, outs, num_steps, elapsed, num_valid == 0)
-    if diverged:
-      trajectory.unroll_index = trajectory.num_unrolls
-    self.train_state.step.assign_add(1)
-    return info
-
-  def _mirrored_step(self, problem, trajectory, datas, num_steps, seeds):
-    strategy = self.strategy
-    local = self._local_ids
-    def per_replica(values):
-      return strategy.experimental_distribute_values_from_function(
-          lambda ctx: values[ctx.replica_id_in_sync_group])
-    carries = per_replica({rid: trajectory.carries[rid] for rid in local})
-    datas_d = per_replica(datas)
-    seeds_d = per_replica({rid: tf.constant(seeds[rid], tf.int32) for rid in local})
-    unroller = self.unroller
-    meta_vars = self.meta.variables_by_name
-
-    names = sorted(meta_vars)
-    shapes = [meta_vars[k].shape for k in names]
-
-    def replica_fn(carry, data, seed):
-      meta = {k: v.read_value() for k, v in meta_vars.items()}
-      out = unroller.function_for(problem)(meta, carry, data, tf.constant(num_steps), seed)
-      valid = out.finite
-      # One flat vector [grads..., valid] per replica: a single all-reduce per meta-step.
-      flat = tf.concat([tf.reshape(out.meta_grads[k], [-1]) for k in names], axis=0)
-      flat = tf.where(valid, flat, tf.zeros_like(flat))
-      flat = tf.concat([flat, tf.reshape(tf.cast(valid, tf.float32), [1])], axis=0)
-      return out._replace(meta_grads={}), flat
-
-    outs, flat = strategy.run(replica_fn, args=(carries, datas_d, seeds_d))
-    total = strategy.reduce(tf.distribute.ReduceOp.SUM, flat, axis=None)
-    num_valid = int(round(float(total[-1])))
-    if num_valid:
-      parts = tf.split(total[:-1], [int(np.prod(s)) for s in shapes])
-      self._apply({k: tf.reshape(p, s) / num_valid for k, p, s in zip(names, parts, shapes)})
-    leaves = [strategy.experimental_local_results(x) for x in tf.nest.flatten(outs)]
-    per_rid = {rid: tf.nest.pack_sequence_as(outs, [leaf[index] for leaf in leaves])
-               for index, rid in enumerate(local)}
-    return per_rid, num_valid
 
   def _info(self, problem, trajectory, outs, num_steps, elapsed, skipped) -> dict:
     values = list(outs.values())
@@ -669,68 +576,6 @@ class Trainer:
         "inner_steps_per_sec": steps / max(elapsed, 1e-9),
     }
 
-  # --- parameter server ------------------------------------------------------------------
-
-  def _ps_function(self, problem):
-    if problem.name not in self._ps_functions:
-      unroll_fn = self.unroller.function_for(problem)
-      meta_vars = self.meta.variables_by_name
-      optimizer = self.optimizer
-
-      @tf.function
-      def worker_fn(carry, data, num_steps, seed):
-        meta = {k: tf.identity(v) for k, v in meta_vars.items()}  # reads from the PS
-        out = unroll_fn(meta, carry, data, num_steps, seed)
-        if out.finite:
-          optimizer.apply(out.meta_grads, meta_vars)
-        return out._replace(meta_grads={})
-      self._ps_functions[problem.name] = worker_fn
-    return self._ps_functions[problem.name]
-
-  def _ps_round(self, coordinator) -> list[dict]:
-    """Schedules one partial unroll per worker slot, waits, bookkeeps (meta-step per closure)."""
-    if not self.slots:
-      self.slots = [None] * self.num_replicas
-    scheduled = []
-    for slot in range(self.num_replicas):
-      trajectory = self.slots[slot]
-      previous = trajectory
-      if trajectory is None or trajectory.unroll_index >= trajectory.num_unrolls:
-        # Slot-local trajectories: one replica each (replica id 0 inside the slot).
-        trajectory = self._single_sampler().next_trajectory(previous)
-        self.slots[slot] = trajectory
-      problem = self.problems_by_name[trajectory.problem]
-      if trajectory.unroll_index == 0 or 0 not in trajectory.carries:
-        trajectory.carries = {0: self._start(trajectory, previous, 0)}
-      num_steps = self.sampler.unroll_steps()
-      seed = self.sampler.step_seeds()[0]
-      data = self._data(problem, trajectory.data_seeds[0])
-      fn = self._ps_function(problem)
-      remote = coordinator.schedule(fn, args=(trajectory.carries[0], data,
-                                              tf.constant(num_steps), tf.constant(seed)))
-      scheduled.append((slot, problem, num_steps, remote, time.perf_counter()))
-    coordinator.join()
-    infos = []
-    for slot, problem, num_steps, remote, start in scheduled:
-      out = remote.fetch()
-      out = tf.nest.map_structure(tf.convert_to_tensor, out)
-      trajectory = self.slots[slot]
-      trajectory.carries[0] = out.carry
-      trajectory.unroll_index += 1
-      info = self._info(problem, trajectory, {0: out}, num_steps,
-                        time.perf_counter() - start, not bool(out.finite))
-      if not bool(out.finite):
-        trajectory.unroll_index = trajectory.num_unrolls
-      self.train_state.step.assign_add(1)
-      info["step"] = self.step
-      infos.append(info)
-    return infos
-
-  def _single_sampler(self) -> Sampler:
-    single = Sampler(self.options, self.pool, 1, self.weights)
-    single.rng = self.sampler.rng   # share the stream (and its checkpointed state)
-    return single
-
   # --- the loop --------------------------------------------------------------------------
 
   def run(self, stop_after: int | None = None, stop_after_secs: float | None = None) -> dict:
@@ -752,8 +597,8 @@ class Trainer:
     try:
       while (self.step < o.max_steps and (stop_after is None or done_here < stop_after)
              and (stop_after_secs is None or time.time() - wall_start < stop_after_secs)):
-        compiled = len(self.unroller)
-        infos = self._ps_round(coordinator) if self.is_ps else [self.train_step()]
+        compiled = self.estimator.num_compiled()
+        infos = self.estimator.step(coordinator)
         done_here += len(infos)
         self.train_state.wall_time.assign(wall_base + time.time() - wall_start)
         for info in infos:
@@ -763,16 +608,17 @@ class Trainer:
             history.write(info)
             self._summaries(writer, info)
             if info["step"] % max(1, o.log_every_steps) == 0:
-              log.info(_progress_line(info, len(self.unroller)))
+              log.info(_progress_line(info, self.estimator.num_compiled()))
         if self._should_save(last_save_time, last_save_step):
           self.save()
           last_save_time, last_save_step = time.time(), self.step
-        maps = (memory_map_count() if len(self.unroller) != compiled and self.can_hand_over
+        maps = (memory_map_count() if self.estimator.num_compiled() != compiled
+                and self.can_hand_over
                 and self.map_budget and self.step < o.max_steps else None)
         if maps is not None and maps >= self.map_budget:
           log.info("this process holds %d memory maps (budget %d, %d problems compiled): "
                    "checkpointing at meta-step %d to continue in a fresh process",
-                   maps, self.map_budget, len(self.unroller), self.step)
+                   maps, self.map_budget, self.estimator.num_compiled(), self.step)
           self.needs_fresh_process = True
           break
     finally:

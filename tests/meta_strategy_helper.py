@@ -2,6 +2,7 @@
 
   python tests/meta_strategy_helper.py mirrored TRAIN_DIR STEPS
   python tests/meta_strategy_helper.py parameter_server TRAIN_DIR STEPS
+  python tests/meta_strategy_helper.py mirrored TRAIN_DIR STEPS '{"estimator": "pes"}'
 Prints one JSON line: {"step": ..., "finite": ..., "replicas": ..., "changed": ...}.
 """
 
@@ -47,9 +48,11 @@ def main():
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         cluster, task_type="chief", task_id=0, rpc_layer="grpc")
   from meta import trainer as trainer_lib
-  options = trainer_lib.Options(train_dir=train_dir, problems="quadratic_d25", max_steps=steps,
-                                strategy=kind, checkpoint_every_steps=2,
-                                unroll_steps_scale=10, min_unroll_steps=10, max_unroll_steps=64)
+  values = dict(train_dir=train_dir, problems="quadratic_d25", max_steps=steps,
+                strategy=kind, checkpoint_every_steps=2,
+                unroll_steps_scale=10, min_unroll_steps=10, max_unroll_steps=64)
+  values.update(json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})  # e.g. PES options
+  options = trainer_lib.Options(**values)
   trainer = trainer_lib.Trainer(options, cluster_resolver=resolver)
   before = {k: v.numpy() for k, v in trainer.meta.variables_by_name.items()}
   info = trainer.run()
