@@ -211,8 +211,15 @@ _COMPILED: dict[tuple, Callable] = {}
 
 # Size buckets: a problem of N parameters runs padded to max(MIN_ROWS, next power of 2 >= N)
 # rows, in a group of at most MAX_BRANCHES problems of that size (one compiled function each).
+# A problem whose data has more than HEAVY_DATA elements gets a group of its own: the gradient
+# of a switch inside the loop keeps every branch's intermediates (zeros for the branches not
+# taken) for every step, so big-data branches would slow down every problem of their group
+# (measured: 8 such problems in one function ran 40x slower per step than alone), and XLA's
+# compile time and memory grow faster than linearly with the branches (16 small branches:
+# 35 CPU-s; 24 composite ones: 160 CPU-s and 3.6 GB).
 MIN_ROWS = 64
-MAX_BRANCHES = 64
+MAX_BRANCHES = 16
+HEAVY_DATA = 50_000
 _DATA_DTYPES = (np.float32, np.int32)
 
 
@@ -410,9 +417,11 @@ class Unroller:
     for problem in sorted({p.name: p for p in problems}.values(), key=lambda p: p.name):
       by_rows.setdefault(padded_rows(problem.num_params), []).append(problem)
     for rows in sorted(by_rows):
-      members = by_rows[rows]
-      for start in range(0, len(members), MAX_BRANCHES):
-        group = _Group(members[start:start + MAX_BRANCHES])
+      light = [p for p in by_rows[rows] if sum(_data_spec(p).sizes) <= HEAVY_DATA]
+      heavy = [p for p in by_rows[rows] if sum(_data_spec(p).sizes) > HEAVY_DATA]
+      chunks = [light[i:i + MAX_BRANCHES] for i in range(0, len(light), MAX_BRANCHES)]
+      for members in chunks + [[p] for p in heavy]:
+        group = _Group(members)
         for problem in group.problems:
           self._groups[problem.name] = group
 
