@@ -116,6 +116,11 @@ flags.DEFINE_integer("max_memory_maps", _D.max_memory_maps, "Memory maps this pr
                      "before it checkpoints and continues in a fresh one (XLA never frees a "
                      "compiled problem's ~800 maps; Linux caps them at vm.max_map_count). "
                      "0: 90 percent of vm.max_map_count.")
+flags.DEFINE_integer("validate_every", _D.validate_every, "Run the validation suite "
+                     "(meta/validation.py) every N meta-steps and keep exports/best.npz by its "
+                     "score (mean ln(final loss / Adam(2e-3)), lower is better). 0: off.")
+flags.DEFINE_integer("validation_steps", _D.validation_steps, "Optimizer steps per validation "
+                     "task.")
 flags.DEFINE_string("export", "", "Write a weights file here at the end (learned_opt format).")
 flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --train_dir "
                   "to --export. Writes nothing in --train_dir, so it is safe while a run "
