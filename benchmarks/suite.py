@@ -36,6 +36,8 @@ curve), curves/<task>.png, summary.png.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import json
 import math
 import os
@@ -63,11 +65,26 @@ CACHE_FORMAT = 1
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-  """An optimizer the benchmark runs: a label, a factory, and whether its runs are cached."""
+  """An optimizer the benchmark runs: a label, a factory, and what else its runs depend on
+  (`identity`, part of the cache key: weights file and optimizer code hashes)."""
   label: str
   make: Callable[[], keras.optimizers.Optimizer]
-  cached: bool = True
+  identity: str = ""
   learning_rate: float | None = None
+
+
+def file_hash(*paths: str) -> str:
+  digest = hashlib.sha256()
+  for path in paths:
+    with open(path, "rb") as f:
+      digest.update(f.read())
+  return digest.hexdigest()[:12]
+
+
+def learned_code_hash() -> str:
+  """The learned optimizer's code (a change to hrnn.step invalidates its cached runs)."""
+  root = os.path.dirname(learned_opt.__file__)
+  return file_hash(*sorted(glob.glob(os.path.join(root, "*.py"))))
 
 
 def adam(lr: float) -> OptimizerSpec:
@@ -82,7 +99,7 @@ def baselines() -> list[OptimizerSpec]:
       OptimizerSpec("SGD(1e-2, m0.9)", lambda: keras.optimizers.SGD(1e-2, momentum=0.9),
                     learning_rate=1e-2),
       OptimizerSpec(UNTRAINED, lambda: learned_opt.LearnedOptimizer(
-          1e-3, weights=None, config="stable"), learning_rate=1e-3),
+          1e-3, weights=None, config="stable"), f"code{learned_code_hash()}", 1e-3),
   ]
   return specs
 
@@ -95,8 +112,10 @@ def weights_label(spec: str) -> str:
 def learned_spec(weights: str, learning_rate: float = 1e-3) -> OptimizerSpec:
   """The optimizer under test; built once here so a bad weights file fails before any run."""
   learned_opt.LearnedOptimizer(learning_rate, weights=weights)
+  path = learned_opt.weights.resolve(weights)
   return OptimizerSpec(weights_label(weights), lambda: learned_opt.LearnedOptimizer(
-      learning_rate, weights=weights), cached=False, learning_rate=learning_rate)
+      learning_rate, weights=weights),
+      f"w{file_hash(path)}-code{learned_code_hash()}-lr{learning_rate:g}", learning_rate)
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -273,7 +292,7 @@ def run_one(task: keras_tasks.KerasTask, data: keras_tasks.Data, init_weights, o
     initial = model.evaluate(x_sub, y_sub, batch_size=eval_batch, verbose=0, return_dict=True)
     curve = _Curve(per_epoch)
     wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=0,
+    model.fit(dataset, epochs=epochs, shuffle=False, steps_per_epoch=per_epoch, verbose=0,
               validation_data=(x_sub, y_sub), validation_batch_size=eval_batch,
               callbacks=[curve, keras.callbacks.TerminateOnNaN()])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -296,10 +315,10 @@ def run_one(task: keras_tasks.KerasTask, data: keras_tasks.Data, init_weights, o
 
 # ---- the cache --------------------------------------------------------------------------------
 
-def cache_key(task: keras_tasks.KerasTask, data: keras_tasks.Data, label: str, seed: int,
-              steps: int, curve_points: int) -> str:
-  """Everything a cached baseline run depends on, as a file name."""
-  safe = re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("_")
+def cache_key(task: keras_tasks.KerasTask, data: keras_tasks.Data, spec: OptimizerSpec,
+              seed: int, steps: int, curve_points: int) -> str:
+  """Everything a cached run depends on, as a file name."""
+  safe = re.sub(r"[^A-Za-z0-9.+-]+", "_", spec.label + "-" + spec.identity).strip("_")
   versions = f"tf{tf.__version__}-keras{keras.__version__}"
   data_hash = f"-{data.source_hash}" if data.source_hash else ""
   return (f"{task.name}-v{task.version}{data_hash}-s{seed}-n{steps}-b{task.batch_size}"
@@ -400,14 +419,13 @@ def run(options: Options) -> dict:
     runs = {}
     for spec in specs:
       done += 1
-      key = cache_key(task, data, spec.label, options.seed, steps, options.curve_points)
-      cached = cache_load(options.cache, key) if spec.cached else None
+      key = cache_key(task, data, spec, options.seed, steps, options.curve_points)
+      cached = cache_load(options.cache, key)
       if cached is None:
         run_result = run_one(task, data, init_weights, spec.make(), options.seed,
                              options.curve_points, steps)
         run_result["optimizer"] = spec.label
-        if spec.cached:
-          cache_store(options.cache, key, run_result)
+        cache_store(options.cache, key, run_result)
       else:
         run_result = cached
       runs[spec.label] = run_result
