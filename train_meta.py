@@ -121,6 +121,8 @@ flags.DEFINE_integer("validate_every", _D.validate_every, "Run the validation su
                      "score (mean ln(final loss / Adam(2e-3)), lower is better). 0: off.")
 flags.DEFINE_integer("validation_steps", _D.validation_steps, "Optimizer steps per validation "
                      "task.")
+flags.DEFINE_string("validation_tasks", _D.validation_tasks, "Comma-separated validation task "
+                    "names (meta/validation.py); empty: all 10.")
 flags.DEFINE_string("export", "", "Write a weights file here at the end (learned_opt format).")
 flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --train_dir "
                   "to --export. Writes nothing in --train_dir, so it is safe while a run "

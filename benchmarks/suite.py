@@ -268,7 +268,8 @@ class _Curve(keras.callbacks.Callback):
 
 
 def run_one(task: keras_tasks.KerasTask, data: keras_tasks.Data, init_weights, optimizer,
-            seed: int, curve_points: int, steps: int | None = None) -> dict:
+            seed: int, curve_points: int, steps: int | None = None,
+            jit_compile: bool | str | None = None) -> dict:
   """Trains `task` with `optimizer` by model.fit; returns the curve and metrics."""
   steps = steps or task.steps
   epochs, per_epoch, per_execution = curve_layout(steps, curve_points)
@@ -281,7 +282,8 @@ def run_one(task: keras_tasks.KerasTask, data: keras_tasks.Data, init_weights, o
     model.set_weights(init_weights)
     metric_name, metric, _ = task.metric()
     model.compile(optimizer=optimizer, loss=task.loss(), metrics=[metric],
-                  jit_compile=task.jit_compile, steps_per_execution=per_execution)
+                  jit_compile=task.jit_compile if jit_compile is None else jit_compile,
+                  steps_per_execution=per_execution)
     order = batch_order(len(data.x_train), task.batch_size, steps, seed)
     x, y = tf.constant(data.x_train), tf.constant(data.y_train)
     dataset = tf.data.Dataset.from_tensor_slices(order).map(
@@ -379,6 +381,7 @@ class Options:
   curve_points: int = 40
   steps: int | None = None                      # override every task's steps (smoke runs)
   learning_rate: float = 1e-3
+  jit_compile: bool | str | None = None         # None: each task's own setting
   cache: str | None = "benchmarks/results/suite_cache"
   out: str = "benchmarks/results/suite"
 
@@ -420,10 +423,12 @@ def run(options: Options) -> dict:
     for spec in specs:
       done += 1
       key = cache_key(task, data, spec, options.seed, steps, options.curve_points)
+      if options.jit_compile is not None:
+        key += f"-jit{options.jit_compile}"
       cached = cache_load(options.cache, key)
       if cached is None:
         run_result = run_one(task, data, init_weights, spec.make(), options.seed,
-                             options.curve_points, steps)
+                             options.curve_points, steps, options.jit_compile)
         run_result["optimizer"] = spec.label
         cache_store(options.cache, key, run_result)
       else:

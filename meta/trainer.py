@@ -104,6 +104,7 @@ class Options:
   # exports/best.npz by its score; steps per validation task.
   validate_every: int = 0
   validation_steps: int = 300
+  validation_tasks: str = ""      # comma-separated names from meta/validation.py; "" = all
 
   def validate(self) -> None:
     """Raises ValueError naming the bad option (before any work)."""
@@ -141,6 +142,12 @@ class Options:
     need(self.validate_every >= 0, f"--validate_every must be >= 0, got {self.validate_every}")
     need(self.validation_steps >= 1,
          f"--validation_steps must be >= 1, got {self.validation_steps}")
+    if not errors and self.validate_every:
+      from meta import validation
+      try:
+        validation.select(self.validation_tasks)
+      except ValueError as e:
+        errors.append(str(e))
     if not errors:
       try:
         resolve_problems(self.problems)
@@ -699,8 +706,9 @@ class Trainer:
       return
     from meta import validation   # imported only by runs that validate
     if getattr(self, "_validator", None) is None:
-      self._validator = validation.Validator(self.config, self.train_dir,
-                                             self.options.validation_steps)
+      self._validator = validation.Validator(
+          self.config, self.train_dir, self.options.validation_steps,
+          validation.select(self.options.validation_tasks))
     result = self._validator({k: v.numpy() for k, v in self.meta.variables_by_name.items()})
     info["validation_score"] = result["score"]
     with writer.as_default(step=info["step"]):

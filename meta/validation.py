@@ -200,6 +200,20 @@ def suite() -> list[base.Problem]:
   ]
 
 
+def select(names: str | Sequence[str] = "") -> list[base.Problem]:
+  """The suite, or the named subset of it (comma-separated string or list)."""
+  tasks = suite()
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(",") if n.strip()]
+  if not names:
+    return tasks
+  by_name = {t.name: t for t in tasks}
+  unknown = [n for n in names if n not in by_name]
+  if unknown:
+    raise ValueError(f"--validation_tasks: unknown {unknown}; known: {sorted(by_name)}")
+  return [by_name[n] for n in names]
+
+
 # ---- the Adam(2e-3) reference -----------------------------------------------------------------
 
 def adam_final_loss(problem: base.Problem, data, steps: int) -> float:
