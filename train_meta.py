@@ -11,6 +11,7 @@ One machine (2 CPU cores is enough to see progress within minutes):
   python train_meta.py --train_dir /tmp/lo_run --max_steps 2000 --export /tmp/lo.npz
   python train_meta.py --train_dir /tmp/lo_run --export /tmp/lo.npz --export_only
   python train_meta.py --train_dir /tmp/lo_stable --config stable --meta_l2 0.1
+  python train_meta.py --train_dir /tmp/lo_run --validate_every 250   # keeps exports/best.npz
   tensorboard --logdir /tmp/lo_run/summaries
 
 Re-running the same command resumes from the last checkpoint (train_dir/checkpoints) and

@@ -10,9 +10,10 @@ shuffle fed as a tf.data pipeline). Baselines, run by the same code:
   initialisation alone (its nominal AdamAggMo term), so the table shows what meta-training
   added.
 
-Baseline runs are cached on disk (--cache, one JSON per run) under a key made of the task
-name and version, the data's hash (packaged texts), steps, batch size, seed, optimizer and the
-TensorFlow / Keras versions; a new weights file therefore costs only its own runs.
+Every run is cached on disk (--cache, one JSON per run) under a key made of the task name and
+version, the data's hash (packaged texts), steps, batch size, seed, curve points, optimizer and
+the TensorFlow / Keras versions, plus, for learned optimizers, the hashes of the weights file
+and of learned_opt/*.py; a new weights file therefore costs only its own runs.
 
 Recorded per run: the training loss (Keras' loss of the model in inference mode on a fixed
 subset of <= 2048 training samples) every steps/--curve_points steps, the final test metric
