@@ -163,8 +163,9 @@ def finite_or_inf(value) -> float:
 
 def iqm(values: Sequence[float]) -> float:
   """Interquartile mean: the mean of the middle 50% (sorted, 25% cut each side, as in rliable
-  and Celo); inf values sort last and count like any other value."""
-  values = sorted(float(v) for v in values)
+  and Celo); inf values sort last and count like any other value; NaN (not measured, e.g. no
+  tuned Adam in a partial run) is left out."""
+  values = sorted(float(v) for v in values if not math.isnan(float(v)))
   n = len(values)
   if not n:
     return math.nan

@@ -79,6 +79,7 @@ def test_iqm():
   assert suite.iqm([1.0, 2.0, INF, INF, INF, INF, INF, INF]) == INF
   assert suite.iqm([1.0, 2.0, 3.0, INF]) == pytest.approx(2.5)
   assert math.isnan(suite.iqm([]))
+  assert suite.iqm([1.0, NAN, 3.0]) == pytest.approx(2.0)
 
 
 def test_task_and_overall_summary():
