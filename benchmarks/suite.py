@@ -437,10 +437,11 @@ def run(options: Options) -> dict:
         run_result = cached
       runs[spec.label] = run_result
       metric = run_result["test_metric"]
+      cost = "cached" if cached is not None else f"{run_result['wall_seconds']:.1f} s"
       print(f"[{done:>3}/{total}] {name:<30} {spec.label:<26} final loss "
             f"{run_result['final_loss']:<10.4g} test {run_result['test_metric_name']} "
             f"{'-' if metric is None else f'{metric:.4g}':<7} "
-            f"{'cached' if cached is not None else format(run_result['wall_seconds'], '.1f') + ' s'}"
+            f"{cost}"
             + (f"  DIVERGED: {run_result['diverged']}" if run_result["diverged"] else ""),
             flush=True)
     results["tasks"][name] = {
