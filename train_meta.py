@@ -13,6 +13,7 @@ One machine (2 CPU cores is enough to see progress within minutes):
   python train_meta.py --train_dir /tmp/lo_run --max_steps 2000 --export /tmp/lo.npz
   python train_meta.py --train_dir /tmp/lo_run --export /tmp/lo.npz --export_only
   python train_meta.py --train_dir /tmp/lo_stable --config stable --meta_l2 0.1
+  python train_meta.py --train_dir /tmp/lo_run --validate_every 250   # keeps exports/best.npz
   tensorboard --logdir /tmp/lo_run/summaries
 
 Re-running the same command resumes from the last checkpoint (train_dir/checkpoints) and
@@ -162,6 +163,13 @@ flags.DEFINE_integer("max_memory_maps", _D.max_memory_maps, "Memory maps this pr
                      "before it checkpoints and continues in a fresh one (XLA never frees a "
                      "compiled problem's ~800 maps; Linux caps them at vm.max_map_count). "
                      "0: 90 percent of vm.max_map_count.")
+flags.DEFINE_integer("validate_every", _D.validate_every, "Run the validation suite "
+                     "(meta/validation.py) every N meta-steps and keep exports/best.npz by its "
+                     "score (mean ln(final loss / Adam(2e-3)), lower is better). 0: off.")
+flags.DEFINE_integer("validation_steps", _D.validation_steps, "Optimizer steps per validation "
+                     "task.")
+flags.DEFINE_string("validation_tasks", _D.validation_tasks, "Comma-separated validation task "
+                    "names (meta/validation.py); empty: all 10.")
 flags.DEFINE_string("export", "", "Write a weights file here at the end (learned_opt format).")
 flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --train_dir "
                   "to --export. Writes nothing in --train_dir, so it is safe while a run "

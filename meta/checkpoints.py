@@ -37,7 +37,7 @@ RESUMES = "resumes.jsonl"
 HISTORY = "history.csv"
 HISTORY_FIELDS = ("step", "wall_time", "problem", "family", "replicas", "unroll", "num_unrolls",
                   "steps", "meta_loss", "final_relative_loss", "log_lr_mean", "log_lr_std",
-                  "skipped", "inner_steps_per_sec")
+                  "skipped", "inner_steps_per_sec", "validation_score")
 
 
 class TrainState(tf.Module):

@@ -126,6 +126,11 @@ class Options:
   # problems). Past this budget the trainer checkpoints and asks to be continued in a fresh
   # process (train_meta.py re-executes itself). 0: 90% of vm.max_map_count.
   max_memory_maps: int = 0
+  # Validation suite (meta/validation.py): every N meta-steps (0: off), keeping
+  # exports/best.npz by its score; steps per validation task.
+  validate_every: int = 0
+  validation_steps: int = 300
+  validation_tasks: str = ""      # comma-separated names from meta/validation.py; "" = all
 
   def validate(self) -> None:
     """Raises ValueError naming the bad option (before any work)."""
@@ -180,6 +185,15 @@ class Options:
     need(self.checkpoint_every_secs >= 0 and self.checkpoint_every_steps >= 0,
          "checkpoint intervals must be >= 0")
     need(self.keep_checkpoints >= 1, "--keep_checkpoints must be >= 1")
+    need(self.validate_every >= 0, f"--validate_every must be >= 0, got {self.validate_every}")
+    need(self.validation_steps >= 1,
+         f"--validation_steps must be >= 1, got {self.validation_steps}")
+    if not errors and self.validate_every:
+      from meta import validation
+      try:
+        validation.select(self.validation_tasks)
+      except ValueError as e:
+        errors.append(str(e))
     if not errors:
       try:
         resolve_problems(self.problems)
@@ -605,6 +619,7 @@ class Trainer:
           info["wall_time"] = float(self.train_state.wall_time.numpy())
           last_info = info
           if self.chief:
+            self._maybe_validate(info, writer)
             history.write(info)
             self._summaries(writer, info)
             if info["step"] % max(1, o.log_every_steps) == 0:
@@ -651,7 +666,37 @@ class Trainer:
       _scalar("throughput/inner_steps_per_sec", info["inner_steps_per_sec"])
       _scalar("skipped_meta_steps", info["skipped"])
 
-  def export(self, path) -> Path:
+  def _maybe_validate(self, info, writer) -> None:
+    """Every --validate_every meta-steps: the validation score into `info` (history.csv) and
+    TensorBoard, and exports/best.npz (+ best.json) when the score is the run's best."""
+    every = self.options.validate_every
+    if not every or info["step"] % every:
+      return
+    from meta import validation   # imported only by runs that validate
+    if getattr(self, "_validator", None) is None:
+      self._validator = validation.Validator(
+          self.config, self.train_dir, self.options.validation_steps,
+          validation.select(self.options.validation_tasks))
+    result = self._validator({k: v.numpy() for k, v in self.meta.variables_by_name.items()})
+    info["validation_score"] = result["score"]
+    with writer.as_default(step=info["step"]):
+      _scalar("validation/score", result["score"])
+      for name, task in result["tasks"].items():
+        _scalar(f"validation/log_ratio/{name}", task["log_ratio"])
+    record = validation.best_record(self.train_dir)
+    better = validation.is_better(result["score"], record)
+    log.info("validation at meta-step %d: score %+.4f (best %s)%s", info["step"],
+             result["score"], "none" if record is None else f"{record['score']:+.4f}",
+             "  -> exports/best.npz" if better else "")
+    if better:
+      summary = {"score": result["score"], "meta_step": info["step"],
+                 "rule": "mean ln(final loss / Adam(2e-3)) over meta/validation.py's suite",
+                 "validation_steps": self.options.validation_steps, "tasks": result["tasks"]}
+      exports = self.train_dir / validation.BEST_DIR
+      self.export(exports / validation.BEST_FILE, extra_provenance={"validation": summary})
+      checkpoints.write_json_atomic(exports / validation.BEST_RECORD, summary)
+
+  def export(self, path, extra_provenance: dict | None = None) -> Path:
     """Writes the current meta-parameters as a weights file (learned_opt.weights format)."""
     options = dataclasses.asdict(self.options)
     if self.read_only and self.recorded:
@@ -662,6 +707,7 @@ class Trainer:
         "wall_time_secs": float(self.train_state.wall_time.numpy()),
         "git_commit": git_commit(), "train_dir": str(self.train_dir.resolve()),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra_provenance or {}),
     }
     values = {k: np.asarray(v.numpy()) for k, v in self.meta.variables_by_name.items()}
     out = weights_lib.save(Path(path).expanduser(), values, self.config, provenance)

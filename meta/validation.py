@@ -1,0 +1,326 @@
+"""The validation suite of meta-training: the rule that picks exports/best.npz (issue 17).
+
+Three sets are kept apart: the meta-training family (problems/), this validation suite, and
+the held-out benchmark (benchmarks/keras_tasks.py). The suite is cheap enough to run every
+few hundred meta-steps inside train_meta.py (`--validate_every N`) and decides which
+meta-parameters are exported as `exports/best.npz`, by a rule fixed before the run:
+
+    score = mean over the suite's tasks of ln(final loss of the learned optimizer /
+                                              final loss of Adam(2e-3))
+
+lower is better; 0 means "as good as Adam(2e-3) on average, in log ratio". A non-finite or
+diverged final loss counts as ln(1e3) (the ratio is also capped at 1e3 and floored at 1e-3),
+so one blow-up costs a bounded, large penalty instead of making the score infinite.
+
+Every task is a `problems.base.Problem` on generated data of a kind that neither the
+meta-training family (quadratics, bowls, 2-D test functions, teacher nets, Gaussian mixtures,
+manifolds, synthetic sequences, images of blobs, textures and strokes) nor the benchmark
+(scikit-learn sets, packaged text, pendulum ODE, Mandelbrot) uses: two spirals, a
+checkerboard, concentric rings, sine, polynomial, sawtooth and 2-D sinc regression, bit
+parity, bit majority and a sparse linear system. A fixed instance (data seed, init seed,
+minibatch seeds) per task, a fixed initial step length 1e-3 (LearnedOptimizer's default), and
+`steps` steps run forward-only (meta/unroll.py's Unroller, compute_gradients=False, compiled).
+The Adam(2e-3) reference runs the same instance, same minibatches, in one compiled loop; its
+final losses are computed once and cached in the run directory (validation_reference.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from learned_opt import hrnn
+from meta import unroll as unroll_lib
+from problems import base
+
+REFERENCE_FILE = "validation_reference.json"
+BEST_DIR = "exports"
+BEST_FILE = "best.npz"
+BEST_RECORD = "best.json"
+PENALTY_RATIO = 1e3           # cap of the loss ratio, and the ratio of a diverged task
+ADAM_LR, ADAM_BETAS, ADAM_EPS = 2e-3, (0.9, 0.999), 1e-7
+INITIAL_LR = 1e-3
+DATA_SEED, INIT_SEED, STEP_SEED = 1701, 1702, (17, 1703)
+DEFAULT_STEPS = 300
+
+
+# ---- the tasks --------------------------------------------------------------------------------
+
+def _two_spirals(rng, n):
+  t = np.sqrt(rng.uniform(0.05, 1.0, n)) * 3.0 * math.pi
+  label = rng.integers(0, 2, n)
+  sign = np.where(label == 0, 1.0, -1.0)
+  x = np.stack([sign * t * np.cos(t), sign * t * np.sin(t)], 1) / (3.0 * math.pi)
+  return x + 0.02 * rng.standard_normal(x.shape), label
+
+
+def _checkerboard(rng, n, cells=4):
+  x = rng.uniform(-1.0, 1.0, (n, 2))
+  cell = np.floor((x + 1.0) / 2.0 * cells).astype(int)
+  return x, (cell[:, 0] + cell[:, 1]) % 2
+
+
+def _rings(rng, n, classes=3):
+  label = rng.integers(0, classes, n)
+  radius = (label + 1) / classes + 0.06 * rng.standard_normal(n)
+  angle = rng.uniform(0, 2 * math.pi, n)
+  return np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1), label
+
+
+def _parity(rng, n, bits=6):
+  x = rng.integers(0, 2, (n, bits))
+  return 2.0 * x - 1.0, x.sum(1) % 2
+
+
+def _majority(rng, n, bits=11):
+  x = rng.integers(0, 2, (n, bits))
+  flip = rng.uniform(size=n) < 0.05   # label noise: the minimum is not 0
+  label = (x.sum(1) > bits // 2).astype(int)
+  return 2.0 * x - 1.0, np.where(flip, 1 - label, label)
+
+
+def _sine(rng, n):
+  x = rng.uniform(-math.pi, math.pi, (n, 1))
+  return x / math.pi, np.sin(3.0 * x) + 0.5 * np.cos(x)
+
+
+def _polynomial(rng, n):
+  x = rng.uniform(-1.0, 1.0, (n, 3))
+  y = x[:, :1] ** 3 - 2.0 * x[:, 1:2] * x[:, 2:3] + 0.5 * x[:, 1:2] ** 2 - 0.3
+  return x, y
+
+
+def _sawtooth(rng, n, teeth=3):
+  x = rng.uniform(-1.0, 1.0, (n, 1))
+  return x, 2.0 * ((x * teeth) % 1.0) - 1.0
+
+
+def _sinc2d(rng, n):
+  x = rng.uniform(-1.0, 1.0, (n, 2))
+  r = 6.0 * np.sqrt((x ** 2).sum(1, keepdims=True)) + 1e-6
+  return x, np.sin(r) / r
+
+
+class NetProblem(base.Problem):
+  """A small MLP (or a linear model: hidden=()) on one generated data set.
+
+  Softmax cross-entropy for classes > 0 (integer labels), mean squared error otherwise.
+  """
+
+  batched_keys = ("x", "y")
+
+  def __init__(self, kind: str, generate: Callable, features: int, classes: int,
+               hidden: Sequence[int], activation: str, batch_size: int = 64,
+               num_samples: int = 512):
+    self.kind, self.generate, self.features, self.classes = kind, generate, features, classes
+    self.hidden, self.activation, self.num_samples = tuple(hidden), activation, num_samples
+    arch = "linear" if not hidden else f"mlp{len(hidden)}_{activation}"
+    self.data_source = f"generated:{kind}"
+    self.architecture = arch + ("" if classes else "_regression")
+    super().__init__(f"val_{kind}_{arch}", family=base.NEURAL_NETWORK, batch_size=batch_size,
+                     minimum_kind="bound")
+
+  def param_shapes(self):
+    sizes = (self.features, *self.hidden, max(self.classes, 1))
+    return [shape for fan_in, fan_out in zip(sizes[:-1], sizes[1:])
+            for shape in ((fan_in, fan_out), (fan_out,))]
+
+  def sample_data(self, seed):
+    x, y = self.generate(self.rng(seed, base.DATA_STREAM), self.num_samples)
+    y = np.asarray(y, np.float32).reshape(len(x), -1)
+    return {"x": np.asarray(x, np.float32), "y": y}
+
+  def init_params(self, seed):
+    rng = self.rng(seed, base.INIT_STREAM)
+    return [(rng.standard_normal(s) / math.sqrt(s[0])).astype(np.float32) if len(s) == 2
+            else np.zeros(s, np.float32) for s in self.param_shapes()]
+
+  def objective(self, params, batch):
+    act = {"tanh": tf.tanh, "relu": tf.nn.relu}[self.activation]
+    h = batch["x"]
+    for layer in range(0, len(params), 2):
+      if layer:
+        h = act(h)
+      h = tf.matmul(h, params[layer]) + params[layer + 1]
+    if self.classes:
+      labels = tf.cast(tf.reshape(batch["y"], [-1]), tf.int32)
+      return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, h))
+    return tf.reduce_mean(tf.square(h - batch["y"]))
+
+
+class SparseLinearSystem(base.Problem):
+  """Least squares 1/2 mean((A x - b)^2) with a random sparse A (5% non-zeros, +-1 entries,
+  row-scaled), full batch. Not the meta-training quadratics (dense Gaussian W)."""
+
+  def __init__(self, rows: int = 120, cols: int = 60, density: float = 0.05):
+    self.rows, self.cols, self.density = rows, cols, density
+    self.data_source = "generated:sparse_linear_system"
+    self.architecture = "linear_least_squares"
+    super().__init__(f"val_sparse_linear_system_{rows}x{cols}", family=base.WELL_BEHAVED)
+
+  def param_shapes(self):
+    return [(self.cols,)]
+
+  def sample_data(self, seed):
+    rng = self.rng(seed, base.DATA_STREAM)
+    mask = rng.uniform(size=(self.rows, self.cols)) < self.density
+    mask[np.arange(self.rows), rng.integers(0, self.cols, self.rows)] = True
+    a = np.where(mask, rng.choice([-1.0, 1.0], (self.rows, self.cols)), 0.0)
+    a *= rng.uniform(0.2, 3.0, (self.rows, 1))       # badly scaled rows
+    b = rng.standard_normal(self.rows)
+    return {"a": a.astype(np.float32), "b": b.astype(np.float32)}
+
+  def init_params(self, seed):
+    return [np.zeros(self.cols, np.float32)]
+
+  def objective(self, params, batch):
+    residual = tf.linalg.matvec(batch["a"], params[0]) - batch["b"]
+    return 0.5 * tf.reduce_mean(tf.square(residual))
+
+
+def suite() -> list[base.Problem]:
+  """The 10 validation tasks (fixed; changing them changes the selection rule)."""
+  return [
+      NetProblem("two_spirals", _two_spirals, 2, 2, (32, 32), "tanh"),
+      NetProblem("checkerboard", _checkerboard, 2, 2, (32, 32), "relu"),
+      NetProblem("concentric_rings", _rings, 2, 3, (16,), "relu"),
+      NetProblem("bit_parity", _parity, 6, 2, (32,), "tanh"),
+      NetProblem("bit_majority", _majority, 11, 2, (), "relu", batch_size=32),
+      NetProblem("sine", _sine, 1, 0, (32, 32), "tanh"),
+      NetProblem("polynomial", _polynomial, 3, 0, (32,), "relu"),
+      NetProblem("sawtooth", _sawtooth, 1, 0, (32, 32), "relu", batch_size=16),
+      NetProblem("sinc2d", _sinc2d, 2, 0, (32, 32), "tanh", batch_size=128),
+      SparseLinearSystem(),
+  ]
+
+
+def select(names: str | Sequence[str] = "") -> list[base.Problem]:
+  """The suite, or the named subset of it (comma-separated string or list)."""
+  tasks = suite()
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(",") if n.strip()]
+  if not names:
+    return tasks
+  by_name = {t.name: t for t in tasks}
+  unknown = [n for n in names if n not in by_name]
+  if unknown:
+    raise ValueError(f"--validation_tasks: unknown {unknown}; known: {sorted(by_name)}")
+  return [by_name[n] for n in names]
+
+
+# ---- the Adam(2e-3) reference -----------------------------------------------------------------
+
+def adam_final_loss(problem: base.Problem, data, steps: int) -> float:
+  """Full-data loss after `steps` Adam(2e-3) steps from the validation instance, with the
+  minibatch seeds the learned optimizer sees (one compiled loop)."""
+  params = [tf.constant(p) for p in problem.init_params(INIT_SEED)]
+  seed = tf.constant(STEP_SEED, tf.int32)
+  beta1, beta2 = ADAM_BETAS
+
+  @tf.function(jit_compile=True)
+  def train(params, data):
+    def body(i, params, m, v):
+      _, grads = problem.gradients(params, data,
+                                   tf.random.experimental.stateless_fold_in(seed, i))
+      t = tf.cast(i + 1, tf.float32)
+      m = [beta1 * a + (1 - beta1) * g for a, g in zip(m, grads)]
+      v = [beta2 * a + (1 - beta2) * g * g for a, g in zip(v, grads)]
+      scale = ADAM_LR * tf.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+      params = [p - scale * a / (tf.sqrt(b) + ADAM_EPS) for p, a, b in zip(params, m, v)]
+      return i + 1, params, m, v
+    zeros = [tf.zeros_like(p) for p in params]
+    _, params, _, _ = tf.while_loop(lambda i, *_: i < steps, body,
+                                    (tf.constant(0), params, zeros, list(zeros)))
+    return problem.full_loss(params, data)
+  return float(train(params, data))
+
+
+def reference_losses(run_dir: str | os.PathLike | None, problems: Sequence[base.Problem],
+                     steps: int) -> dict[str, float]:
+  """Adam(2e-3) final losses per task, read from run_dir/validation_reference.json or computed
+  (and written there) for the tasks it lacks."""
+  path = Path(run_dir) / REFERENCE_FILE if run_dir else None
+  cached = {}
+  if path is not None and path.exists():
+    try:
+      cached = json.loads(path.read_text())
+    except ValueError as e:
+      raise ValueError(f"{path} is unreadable ({e}); delete it to recompute") from e
+  key = lambda p: f"{p.name}@{steps}"
+  missing = [p for p in problems if key(p) not in cached]
+  for problem in missing:
+    data = unroll_lib.data_tensors(problem.sample_data(DATA_SEED))
+    cached[key(problem)] = adam_final_loss(problem, data, steps)
+  if missing and path is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cached, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+  return {p.name: cached[key(p)] for p in problems}
+
+
+# ---- the learned optimizer and the score ------------------------------------------------------
+
+def learned_final_loss(problem, meta, config, data, steps: int,
+                       unroller: unroll_lib.Unroller) -> float:
+  """Full-data loss after `steps` forward-only steps of the hRNN (hrnn.step via the Unroller)."""
+  layout = hrnn.Layout(problem.param_shapes())
+  state = hrnn.init_state(meta, layout, config, math.log(INITIAL_LR))
+  carry = unroll_lib.start_carry(problem, meta, config, data, INIT_SEED, [0, 0], state=state)
+  out = unroller(problem, meta, carry, data, steps, list(STEP_SEED), compute_gradients=False)
+  if not bool(out.finite) or int(out.steps) < steps:
+    return math.nan
+  return float(out.final_loss)
+
+
+def log_ratio(learned: float, reference: float) -> float:
+  """ln(learned / reference), capped to +-ln(PENALTY_RATIO); diverged -> +ln(PENALTY_RATIO)."""
+  cap = math.log(PENALTY_RATIO)
+  if not math.isfinite(learned) or learned < 0:
+    return cap
+  ratio = max(learned, 1e-30) / max(reference, 1e-30)
+  return float(np.clip(math.log(ratio), -cap, cap))
+
+
+class Validator:
+  """Runs the suite for given meta-parameters; keeps the Adam references of one run dir."""
+
+  def __init__(self, config, run_dir=None, steps: int = DEFAULT_STEPS,
+               problems: Sequence[base.Problem] | None = None, mode: str = "xla"):
+    self.config = config
+    self.steps = int(steps)
+    self.problems = list(problems) if problems is not None else suite()
+    self.unroller = unroll_lib.Unroller(config, max_steps=self.steps, mode=mode)
+    self.references = reference_losses(run_dir, self.problems, self.steps)
+    self._data = {p.name: unroll_lib.data_tensors(p.sample_data(DATA_SEED))
+                  for p in self.problems}
+
+  def __call__(self, meta) -> dict:
+    """{"score": float, "tasks": {name: {"learned", "adam", "log_ratio"}}}."""
+    meta = {k: tf.convert_to_tensor(v) for k, v in dict(meta).items()}
+    tasks = {}
+    for problem in self.problems:
+      learned = learned_final_loss(problem, meta, self.config, self._data[problem.name],
+                                   self.steps, self.unroller)
+      reference = self.references[problem.name]
+      tasks[problem.name] = {"learned": learned, "adam": reference,
+                             "log_ratio": log_ratio(learned, reference)}
+    score = float(np.mean([t["log_ratio"] for t in tasks.values()]))
+    return {"score": score, "tasks": tasks}
+
+
+def best_record(train_dir) -> dict | None:
+  path = Path(train_dir) / BEST_DIR / BEST_RECORD
+  if not path.exists():
+    return None
+  return json.loads(path.read_text())
+
+
+def is_better(score: float, record: dict | None) -> bool:
+  return math.isfinite(score) and (record is None or score < float(record["score"]))
