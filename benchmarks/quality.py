@@ -463,6 +463,8 @@ def jsonable(value):
     return {k: jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
   return value
 
 

@@ -53,6 +53,7 @@ import tensorflow as tf
 
 import learned_opt
 from benchmarks import keras_tasks
+from benchmarks.quality import jsonable  # one JSON spelling of NaN/inf for both benchmarks
 
 TUNED_ADAM_LRS = tuple(float(f"{x:.3g}") for x in np.logspace(-4, -1, 7))
 REFERENCE = "Adam(2e-3)"
@@ -348,18 +349,6 @@ def cache_store(directory: str | None, key: str, run: dict) -> None:
   with open(tmp, "w") as f:
     json.dump(jsonable(run), f)
   os.replace(tmp, path)
-
-
-def jsonable(value):
-  if isinstance(value, float) and not math.isfinite(value):
-    return str(value)
-  if isinstance(value, dict):
-    return {k: jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [jsonable(v) for v in value]
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
 
 
 def unjson(value):
