@@ -1,7 +1,9 @@
-"""Plot meta-loss vs meta-step for one or more train_dirs (their history.csv).
+"""Plot meta-loss (or another history.csv column) vs meta-step for one or more train_dirs.
 
     python -m meta.plot_history --runs meta_runs/paper,meta_runs/stable \
         --out learned_opt/weights/meta_loss.png
+    python -m meta.plot_history --runs /tmp/run --column validation_score --window 1 \
+        --out validation.png     # the validation suite's score (logged every --validate_every)
 """
 
 from __future__ import annotations
@@ -20,17 +22,22 @@ def define_flags():
   flags.DEFINE_list("runs", None, "train_dirs to plot (each holds history.csv).")
   flags.DEFINE_string("out", "meta_loss.png", "Output PNG.")
   flags.DEFINE_integer("window", 50, "Moving-average window in meta-steps.")
+  flags.DEFINE_string("column", "meta_loss", "history.csv column to plot (rows where it is "
+                      "empty are skipped), e.g. validation_score.")
   flags.mark_flag_as_required("runs")
 
 
-def read_history(train_dir: str) -> tuple[np.ndarray, np.ndarray]:
+def read_history(train_dir: str, column: str = "meta_loss") -> tuple[np.ndarray, np.ndarray]:
   path = os.path.join(train_dir, "history.csv")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist (is {train_dir} a train_dir?)")
   with open(path) as f:
-    rows = [r for r in csv.DictReader(f) if r.get("meta_loss") not in (None, "", "nan")]
+    reader = csv.DictReader(f)
+    if column not in (reader.fieldnames or []):
+      raise ValueError(f"{path} has no column {column!r} (it has {reader.fieldnames})")
+    rows = [r for r in reader if r.get(column) not in (None, "", "nan")]
   return (np.array([int(r["step"]) for r in rows]),
-          np.array([float(r["meta_loss"]) for r in rows]))
+          np.array([float(r[column]) for r in rows]))
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -55,21 +62,22 @@ def main(argv):
   fig, ax = plt.subplots(figsize=(6.5, 4))
   averages = []
   for run in FLAGS.runs:
-    steps, losses = read_history(run)
+    steps, losses = read_history(run, FLAGS.column)
     line, = ax.plot(steps, np.where(np.isfinite(losses), losses, np.nan), alpha=0.15)
     averages.append(moving_average(losses, FLAGS.window))
     ax.plot(steps, averages[-1], color=line.get_color(),
             label=f"{os.path.basename(os.path.normpath(run))} ({len(steps)} meta-steps)")
     finite = np.isfinite(losses)
     print(f"{run}: {len(steps)} meta-steps ({np.sum(~finite)} non-finite), mean finite "
-          f"meta-loss first/last {FLAGS.window}: {losses[:FLAGS.window][finite[:FLAGS.window]].mean():.3f}"
+          f"{FLAGS.column} first/last {FLAGS.window}: {losses[:FLAGS.window][finite[:FLAGS.window]].mean():.3f}"
           f" / {losses[-FLAGS.window:][finite[-FLAGS.window:]].mean():.3f}")
   finite = np.concatenate([a[np.isfinite(a)] for a in averages])
   if finite.size:   # frame the averages; the raw per-step values span orders more
     low, high = finite.min(), finite.max()
     ax.set_ylim(low - 0.3 * (high - low + 1e-3), high + 0.3 * (high - low + 1e-3))
   ax.set_xlabel("meta-step (partial unroll)")
-  ax.set_ylabel("meta-loss (eq. 14; lower is better)")
+  ax.set_ylabel("meta-loss (eq. 14; lower is better)" if FLAGS.column == "meta_loss"
+                else f"{FLAGS.column} (lower is better)")
   ax.set_title(f"meta-training history ({FLAGS.window}-step moving average)")
   ax.legend(loc="upper right")
   fig.tight_layout()

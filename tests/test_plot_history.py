@@ -48,3 +48,15 @@ def test_command_writes_plot(tmp_path):
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert out.exists() and "30 meta-steps" in result.stdout
+
+
+def test_other_column_skips_rows_without_it(tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "history.csv").write_text("step,meta_loss,validation_score\n1,-0.1,\n2,-0.2,0.5\n"
+                                   "3,-0.3,\n4,-0.4,0.25\n")
+  steps, scores = plot_history.read_history(str(run), "validation_score")
+  np.testing.assert_array_equal(steps, [2, 4])
+  np.testing.assert_array_equal(scores, [0.5, 0.25])
+  with pytest.raises(ValueError, match="no column 'nope'"):
+    plot_history.read_history(str(run), "nope")
