@@ -92,6 +92,18 @@ def first_call(fn, args, exec_category: str = "unroll") -> object:
   return out
 
 
+def call(fn, args, first: bool, exec_category: str = "unroll"):
+  """Calls a compiled function, booking its time: `first_call` on its first use, else
+  `exec_category` (blocking on the result only when the ledger is on)."""
+  if first:
+    return first_call(fn, args, exec_category)
+  with LEDGER.time(exec_category):
+    out = fn(*args)
+    if LEDGER.enabled:
+      _block(out)
+  return out
+
+
 def _block(out) -> None:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   for leaf in tf.nest.flatten(out):

@@ -77,10 +77,8 @@ def start_carry(problem, meta: Mapping[str, tf.Tensor], config: HRNNConfig, data
 def _full_loss(problem, params, data):
   # Compiled so that eager and XLA values of f_init agree with what the unroll computes.
   fresh = problem.name not in _FULL_LOSS_CACHE
-  fn = _compiled_full_loss(problem)
-  if fresh:
-    return profile.first_call(fn, (list(params), dict(data)), exec_category="data")
-  return fn(list(params), dict(data))
+  return profile.call(_compiled_full_loss(problem), (list(params), dict(data)), fresh,
+                      exec_category="data")
 
 
 _FULL_LOSS_CACHE: dict[str, Callable] = {}
@@ -409,6 +407,8 @@ class Unroller:
     self._names: set = set()
     self._keys: set = set()
     self._groups: dict[str, _Group] = {}
+    self._segments: dict[str, tuple] = {}   # problem name -> (segment tensors, index)
+    self._packed: dict[str, tuple] = {}     # problem name -> (data dict, packed buffers)
     if compile_by == "bucket" and problems:
       self._plan(problems)
 
@@ -469,11 +469,31 @@ class Unroller:
       _COMPILED[key] = self._compile(fn)
     return _COMPILED[key]
 
-  def _bucket_args(self, problem, carry, data):
+  def _bucket_inputs(self, problem, data):
+    """The group, and the problem's packed data, segments and index as tensors.
+
+    Segments are static per problem and the trainer hands in the same data dict for every
+    unroll of an instance, so both are built once (the packed data per dict object, which is
+    kept referenced so its identity cannot be reused) instead of at every meta-step.
+    """
     group = self.group_for(problem)
-    segments = {k: tf.constant(v) for k, v in group.segments_arrays(problem).items()}
-    return group, (group.pad_carry(problem, carry), group.pack_data(problem, data), segments,
-                   tf.constant(group.index[problem.name], tf.int32))
+    if not tf.executing_eagerly():   # traced (parameter-server closures): graph tensors only
+      return (group, group.pack_data(problem, data),
+              {k: tf.constant(v) for k, v in group.segments_arrays(problem).items()},
+              tf.constant(group.index[problem.name], tf.int32))
+    if problem.name not in self._segments:
+      self._segments[problem.name] = (
+          {k: tf.constant(v) for k, v in group.segments_arrays(problem).items()},
+          tf.constant(group.index[problem.name], tf.int32))
+    packed = self._packed.get(problem.name)
+    if packed is None or packed[0] is not data:
+      packed = self._packed[problem.name] = (data, group.pack_data(problem, data))
+    segments, index = self._segments[problem.name]
+    return group, packed[1], segments, index
+
+  def _bucket_args(self, problem, carry, data):
+    group, buffers, segments, index = self._bucket_inputs(problem, data)
+    return group, (group.pad_carry(problem, carry), buffers, segments, index)
 
   def function_for(self, problem, compute_gradients: bool = True) -> Callable:
     """fn(meta, carry, data, num_steps, seed) -> UnrollOutput for `problem` (traceable)."""
@@ -497,13 +517,7 @@ class Unroller:
     else:
       group, bucket = self._bucket_args(problem, carry, data)
       args = (dict(meta),) + bucket + tail
-    if fresh:
-      out = profile.first_call(fn, args)
-    else:
-      with profile.LEDGER.time("unroll"):
-        out = fn(*args)
-        if profile.LEDGER.enabled:
-          profile._block(out)  # pylint: disable=protected-access
+    out = profile.call(fn, args, fresh)
     if self.compile_by == "bucket":
       out = group.unpad_output(problem, out, carry)
     return out
@@ -521,15 +535,12 @@ class Unroller:
         return target.full_loss(flat)
       _COMPILED[key] = self._compile(fn)
     self._keys.add(key)
+    _, buffers, segments, index = self._bucket_inputs(problem, data)
     layout = group.layouts[group.index[problem.name]]
     flat = tf.pad(layout.flatten([tf.convert_to_tensor(p) for p in params]),
                   [[0, group.rows - layout.total]])
-    segments = {k: tf.constant(v) for k, v in group.segments_arrays(problem).items()}
-    args = (flat, group.pack_data(problem, data), segments,
-            tf.constant(group.index[problem.name], tf.int32))
-    if fresh:
-      return profile.first_call(_COMPILED[key], args, exec_category="data")
-    return _COMPILED[key](*args)
+    return profile.call(_COMPILED[key], (flat, buffers, segments, index), fresh,
+                        exec_category="data")
 
   def num_compiled(self) -> int:
     """Compiled functions this unroller has used: unrolls, plus the f_init losses."""
