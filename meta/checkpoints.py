@@ -37,7 +37,7 @@ RESUMES = "resumes.jsonl"
 HISTORY = "history.csv"
 HISTORY_FIELDS = ("step", "wall_time", "problem", "family", "replicas", "unroll", "num_unrolls",
                   "steps", "meta_loss", "final_relative_loss", "log_lr_mean", "log_lr_std",
-                  "skipped", "inner_steps_per_sec", "validation_score")
+                  "skipped", "inner_steps_per_sec", "validation_score", "cpu_time")
 
 
 class TrainState(tf.Module):
@@ -47,8 +47,23 @@ class TrainState(tf.Module):
     super().__init__(name="train_state")
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="meta_step")
     self.wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_time")
+    # CPU seconds of the meta-training processes (user + system, all threads), summed over
+    # restarts: the budget of a run on a shared machine, where wall time says little.
+    self.cpu_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="cpu_time")
     self.sampler = tf.Variable("", dtype=tf.string, trainable=False, name="sampler_state")
     self.trajectories = tf.Variable(b"", dtype=tf.string, trainable=False, name="trajectories")
+
+
+def legacy_view(train_state: TrainState) -> tf.Module:
+  """`train_state` without `cpu_time`, for restoring checkpoints written before it existed."""
+  view = tf.Module(name="train_state")
+  view.step, view.wall_time = train_state.step, train_state.wall_time
+  view.sampler, view.trajectories = train_state.sampler, train_state.trajectories
+  return view
+
+
+def has_cpu_time(path: str) -> bool:
+  return any(name.startswith("train_state/cpu_time") for name, _ in tf.train.list_variables(path))
 
 
 def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:

@@ -253,6 +253,18 @@ RESUME_NO_EFFECT = {
     "init_seed": "the meta-parameters are restored from the checkpoint",
 }
 
+def repo_relative(path) -> str:
+  """`path` relative to the repository when inside it (provenance must not name this machine's
+  directories), else as given."""
+  root = Path(__file__).resolve().parent.parent
+  try:
+    return str(Path(path).expanduser().resolve().relative_to(root))
+  except ValueError:
+    return str(path)
+
+
+_CPU_COUNTED: list = []   # non-empty once a Trainer of this process has claimed its start-up
+
 MAPS_PER_PROBLEM = 900   # measured: ~800 memory maps per XLA-compiled problem (unroll + loss)
 
 
@@ -431,6 +443,8 @@ class Trainer:
     # The meta-gradient estimator (meta/estimators/): holds the in-flight trajectories.
     self.estimator = estimators.build(options.estimator, self)
     self.needs_fresh_process = False
+    self._cpu_mark = 0.0 if not _CPU_COUNTED else time.process_time()
+    _CPU_COUNTED.append(True)   # a second trainer in this process starts its count here
     limit = memory_map_limit()
     kernel_budget = int(0.9 * limit) if limit else 0
     self.map_budget = options.max_memory_maps or kernel_budget
@@ -492,7 +506,11 @@ class Trainer:
     failures = []
     for path in reversed(candidates):
       try:
-        self.checkpoint.restore(path).assert_existing_objects_matched()
+        checkpoint = self.checkpoint
+        if not checkpoints.has_cpu_time(path):   # written before cpu_time was recorded
+          checkpoint = tf.train.Checkpoint(meta=self.meta, meta_optimizer=self.optimizer,
+                                           train_state=checkpoints.legacy_view(self.train_state))
+        checkpoint.restore(path).assert_existing_objects_matched()
         self.sampler.restore(self.train_state.sampler.numpy().decode())
         self.estimator.unpack(self.train_state.trajectories.numpy())
       except Exception as e:  # noqa: BLE001 - corrupt files raise many types (IndexError, ...)
@@ -603,6 +621,8 @@ class Trainer:
                    if self.is_ps else None)
     last_save_time, last_save_step = time.time(), self.step
     wall_start, wall_base = time.time(), float(self.train_state.wall_time.numpy())
+    # From the previous run() call, or from the process start (imports, tracing, compiles).
+    cpu_start, cpu_base = self._cpu_mark, float(self.train_state.cpu_time.numpy())
     done_here, last_info = 0, {}
     if self.step < o.max_steps and self.chief:
       log.info("meta-training from step %d to %d on %d problem(s), %d replica(s), "
@@ -615,8 +635,10 @@ class Trainer:
         infos = self.estimator.step(coordinator)
         done_here += len(infos)
         self.train_state.wall_time.assign(wall_base + time.time() - wall_start)
+        self.train_state.cpu_time.assign(cpu_base + time.process_time() - cpu_start)
         for info in infos:
           info["wall_time"] = float(self.train_state.wall_time.numpy())
+          info["cpu_time"] = float(self.train_state.cpu_time.numpy())
           last_info = info
           if self.chief:
             self._maybe_validate(info, writer)
@@ -640,6 +662,7 @@ class Trainer:
       if history is not None:
         history.close()
       writer.flush()
+    self._cpu_mark = time.process_time()
     if self.step != last_save_step or self.manager.latest_checkpoint is None:
       self.save()
     if o.export and self.chief and not self.needs_fresh_process:
@@ -701,11 +724,14 @@ class Trainer:
     options = dataclasses.asdict(self.options)
     if self.read_only and self.recorded:
       options = self.recorded.get("options", options)   # the run's flags, not the exporter's
+    options = {**options, **{k: repo_relative(options[k]) for k in ("train_dir", "export")
+                             if options.get(k)}}
     provenance = {
         "trainer": "train_meta.py", "options": options,
         "config_preset": self.options.config, "meta_steps": self.step,
         "wall_time_secs": float(self.train_state.wall_time.numpy()),
-        "git_commit": git_commit(), "train_dir": str(self.train_dir.resolve()),
+        "cpu_hours": round(float(self.train_state.cpu_time.numpy()) / 3600.0, 4),
+        "git_commit": git_commit(), "train_dir": repo_relative(self.train_dir),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra_provenance or {}),
     }

@@ -296,6 +296,12 @@ def test_export_loads_in_learned_optimizer(tmp_path):
   assert loaded.provenance["meta_steps"] == 2
   assert loaded.provenance["options"]["problems"] == "quadratic_d25"
   assert "git_commit" in loaded.provenance and loaded.provenance["wall_time_secs"] > 0
+  assert loaded.provenance["cpu_hours"] > 0
+  # tmp_path is outside the repository: the path is kept as given, never resolved.
+  assert loaded.provenance["train_dir"] == str(tmp_path / "run")
+  rows = checkpoints.read_history(tmp_path / "run")
+  cpu = [float(r["cpu_time"]) for r in rows]
+  assert cpu[0] > 0 and cpu == sorted(cpu)
   opt = optimizer_lib.LearnedOptimizer(weights=str(tmp_path / "w.npz"))
   for k, v in trainer.meta.variables_by_name.items():
     np.testing.assert_array_equal(opt._meta_values[k], v.numpy())
@@ -313,6 +319,30 @@ def test_export_loads_in_learned_optimizer(tmp_path):
   assert exported["meta_steps"] == 2 and exported["options"]["max_steps"] == 2
   after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
   assert after == before
+
+
+def test_provenance_paths_are_relative_to_the_repository(tmp_path):
+  assert trainer_lib.repo_relative(REPO / "meta_runs" / "x") == os.path.join("meta_runs", "x")
+  assert trainer_lib.repo_relative(tmp_path / "run") == str(tmp_path / "run")
+
+
+def test_checkpoint_from_before_cpu_time_resumes(tmp_path):
+  """A run checkpointed before cpu_time existed (the committed meta_runs/stable) still resumes:
+  its meta-parameters are restored exactly and its CPU count starts at zero."""
+  import shutil
+  source = REPO / "meta_runs" / "stable"
+  latest = tf.train.latest_checkpoint(str(source / "checkpoints"))
+  assert latest and not checkpoints.has_cpu_time(latest)
+  shutil.copytree(source, tmp_path / "stable")
+  trainer = trainer_lib.Trainer(trainer_lib.Options(
+      **{**json.loads((source / "run_config.json").read_text())["options"],
+         "train_dir": str(tmp_path / "stable"), "compile_by": "problem"}))
+  reader = tf.train.load_checkpoint(latest)
+  key = next(n for n, _ in tf.train.list_variables(latest) if n.startswith("meta/"))
+  assert trainer.step == int(latest.rsplit("-", 1)[1])
+  assert float(trainer.train_state.cpu_time.numpy()) == 0.0
+  assert any(np.array_equal(reader.get_tensor(key), v.numpy())
+             for v in trainer.meta.variables_by_name.values())
 
 
 @pytest.mark.parametrize("overrides, message", [
