@@ -110,6 +110,10 @@ flags.DEFINE_float("lr_min", _D.lr_min, "Initial learning rates are drawn over "
 flags.DEFINE_float("lr_max", _D.lr_max, "See --lr_min.")
 flags.DEFINE_bool("second_derivatives", _D.second_derivatives,
                   "Backpropagate through the problem gradients (false: stop_gradient).")
+flags.DEFINE_enum("meta_loss", _D.meta_loss, ["full", "batch"],
+                  "f of a minibatched problem's per-step meta-objective: the loss on all of the "
+                  "instance's data (full) or on the step's own minibatch (batch: no extra "
+                  "forward pass; what learned_optimization and Celo use).")
 flags.DEFINE_enum("estimator", _D.estimator, ["tbptt", "pes"],
                   "Meta-gradient estimator: tbptt (truncated backprop through one partial "
                   "unroll, seed paper 1) or pes (persistent evolution strategies over a "

@@ -88,6 +88,9 @@ class Options:
   lr_min: float = 1e-6
   lr_max: float = 1e-2
   second_derivatives: bool = True
+  # f of a minibatched problem's per-step meta-objective: "full" data or the step's "batch"
+  # (meta/unroll.py META_LOSSES; "batch" skips a full-data forward pass per inner step).
+  meta_loss: str = "full"
   # Estimator (meta/estimators/): "tbptt" (the fields above) or "pes" (the fields below).
   estimator: str = "tbptt"
   # PES population (peers.md §1.4, learned_optimization's stock recipe: 16 tasks, truncations
@@ -180,6 +183,8 @@ class Options:
          f"--strategy must be one of {strategy_lib.NAMES}, got {self.strategy!r}")
     need(self.unroll_mode in unroll_lib.Unroller.MODES,
          f"--unroll_mode must be one of {unroll_lib.Unroller.MODES}, got {self.unroll_mode!r}")
+    need(self.meta_loss in unroll_lib.META_LOSSES,
+         f"--meta_loss must be one of {unroll_lib.META_LOSSES}, got {self.meta_loss!r}")
     need(self.compile_by in unroll_lib.COMPILE_BY,
          f"--compile_by must be one of {unroll_lib.COMPILE_BY}, got {self.compile_by!r}")
     need(self.checkpoint_every_secs >= 0 and self.checkpoint_every_steps >= 0,
@@ -419,7 +424,7 @@ class Trainer:
     self.unroller = unroll_lib.Unroller(
         self.config, max_steps=options.max_unroll_steps,
         second_derivatives=options.second_derivatives, mode=options.unroll_mode,
-        compile_by=options.compile_by, problems=self.pool)
+        compile_by=options.compile_by, problems=self.pool, meta_loss=options.meta_loss)
 
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:

@@ -99,7 +99,7 @@ class _Target(NamedTuple):
   needs_full_loss: bool # the meta-objective's f is the full loss (minibatch problems)
 
 
-def _problem_target(problem, data) -> _Target:
+def _problem_target(problem, data, meta_loss: str = "full") -> _Target:
   """The target of one problem at its own size (no padding)."""
   layout = hrnn.Layout(problem.param_shapes())
 
@@ -108,12 +108,13 @@ def _problem_target(problem, data) -> _Target:
     return loss, layout.flatten(grads)
 
   return _Target(gradients, lambda flat: problem.full_loss(layout.unflatten(flat), data),
-                 hrnn.Segments.from_layout(layout), problem.batch_size is not None)
+                 hrnn.Segments.from_layout(layout),
+                 problem.batch_size is not None and meta_loss == "full")
 
 
 def unroll(problem, meta: Mapping[str, tf.Tensor], carry: Carry, data, num_steps, seed,
            config: HRNNConfig, *, max_steps: int, second_derivatives: bool = True,
-           compute_gradients: bool = True) -> UnrollOutput:
+           compute_gradients: bool = True, meta_loss: str = "full") -> UnrollOutput:
   """One partial unroll of one problem (uncompiled; `Unroller` compiles it).
 
   Args:
@@ -122,15 +123,33 @@ def unroll(problem, meta: Mapping[str, tf.Tensor], carry: Carry, data, num_steps
     seed: int32 [2]; step i of the unroll uses stateless_fold_in(seed, i) for its minibatch,
       noise and masks.
     max_steps: static bound of the while loop (sizes XLA's gradient accumulators).
+    meta_loss: the f of a minibatched problem's meta-objective at each inner step: "full"
+      (the loss on all of the instance's data) or "batch" (the loss of the step's own
+      minibatch, already computed for the gradient: no extra forward pass). See META_LOSSES.
   """
+  _check_meta_loss(meta_loss)
   layout = hrnn.Layout(problem.param_shapes())
-  out = _unroll_flat(_problem_target(problem, data), meta, layout.flatten(carry.params),
+  out = _unroll_flat(_problem_target(problem, data, meta_loss), meta, layout.flatten(carry.params),
                      carry.state, carry.initial_loss, num_steps, seed, config,
                      max_steps=max_steps, second_derivatives=second_derivatives,
                      compute_gradients=compute_gradients)
   flat_params = out.carry.params[0]
   return out._replace(carry=Carry(layout.unflatten(flat_params), out.carry.state,
                                   carry.initial_loss))
+
+
+# The per-step f of the meta-objective for minibatched problems. "full": the whole instance's
+# loss at every step (exact, but one extra forward pass over all the data: 16-32x the step's
+# own cost on the network tasks, whose instances hold 512-1024 samples at batch 32).
+# "batch": the loss of the minibatch the step's gradient came from (at the same parameters),
+# as learned_optimization's truncated trainers and Celo use; unbiased for the full loss, noisy
+# per step but averaged over a truncation. Full-batch problems are the same under both.
+META_LOSSES = ("full", "batch")
+
+
+def _check_meta_loss(meta_loss: str) -> None:
+  if meta_loss not in META_LOSSES:
+    raise ValueError(f"unknown meta_loss {meta_loss!r}; choose one of {META_LOSSES}")
 
 
 def _unroll_flat(target: _Target, meta, params, state, initial_loss, num_steps, seed,
@@ -328,7 +347,7 @@ class _Group:
 
   # --- inside the compiled function ------------------------------------------------------
 
-  def target(self, index, buffers, segments_arrays) -> _Target:
+  def target(self, index, buffers, segments_arrays, meta_loss: str = "full") -> _Target:
     rows = self.rows
 
     def problem_data(i):
@@ -350,7 +369,7 @@ class _Group:
         def fn():
           data = problem_data(i)
           loss, grads = problem.gradients(unflatten(i, flat), data, step_seed)
-          if problem.batch_size is not None:   # the meta-objective's f: the full loss.
+          if problem.batch_size is not None and meta_loss == "full":   # the objective's f
             loss = problem.full_loss(unflatten(i, flat), data)
           return loss, pad(i, self.layouts[i].flatten(grads))
         return fn
@@ -392,7 +411,8 @@ class Unroller:
   MODES = ("xla", "function", "eager")
 
   def __init__(self, config: HRNNConfig, *, max_steps: int, second_derivatives: bool = True,
-               mode: str = "xla", compile_by: str = "problem", problems=None):
+               mode: str = "xla", compile_by: str = "problem", problems=None,
+               meta_loss: str = "full"):
     if mode not in self.MODES:
       raise ValueError(f"unknown unroll mode {mode!r}; choose one of {self.MODES}")
     if compile_by not in COMPILE_BY:
@@ -402,6 +422,8 @@ class Unroller:
     self.config = config
     self.max_steps = int(max_steps)
     self.second_derivatives = bool(second_derivatives)
+    _check_meta_loss(meta_loss)
+    self.meta_loss = meta_loss
     self.mode = mode
     self.compile_by = compile_by
     self._names: set = set()
@@ -437,7 +459,7 @@ class Unroller:
     what = (problem.name if self.compile_by == "problem"
             else ("group",) + self.group_for(problem).key)
     return (self.config.to_json(), self.max_steps, self.second_derivatives, self.mode,
-            what, compute_gradients)
+            what, compute_gradients, self.meta_loss)
 
   def _compile(self, fn):
     if self.mode == "eager":
@@ -452,16 +474,16 @@ class Unroller:
     self._keys.add(key)
     if key not in _COMPILED:
       config, max_steps = self.config, self.max_steps
-      second_derivatives = self.second_derivatives
+      second_derivatives, meta_loss = self.second_derivatives, self.meta_loss
       if self.compile_by == "problem":
         def fn(meta, carry, data, num_steps, seed):
           return unroll(problem, meta, carry, data, num_steps, seed, config,
                         max_steps=max_steps, second_derivatives=second_derivatives,
-                        compute_gradients=compute_gradients)
+                        compute_gradients=compute_gradients, meta_loss=meta_loss)
       else:
         group = self.group_for(problem)
         def fn(meta, carry, buffers, segments, index, num_steps, seed):
-          target = group.target(index, buffers, segments)
+          target = group.target(index, buffers, segments, meta_loss)
           return _unroll_flat(target, meta, carry.params[0], carry.state, carry.initial_loss,
                               num_steps, seed, config, max_steps=max_steps,
                               second_derivatives=second_derivatives,

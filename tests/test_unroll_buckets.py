@@ -52,17 +52,19 @@ def test_sample_covers_every_family_and_shares_one_group():
 
 @pytest.mark.parametrize("config_name,mode,sample", [
     ("stable", "xla", "paper_pair"), ("paper", "function", "paper"),
-    ("stable", "function", "nets"),
+    ("stable", "function", "nets"), ("stable", "function", "nets_batch"),
     pytest.param("stable", "xla", "paper", marks=pytest.mark.slow)])
 def test_bucketed_unroll_matches_per_problem_unroll(config_name, mode, sample):
   config = config_lib.get(config_name)
   pool = {"paper": SAMPLE, "paper_pair": [SAMPLE[0], SAMPLE[-1]],
-          "nets": [problems.get(name) for name in NETS]}[sample]
+          "nets": [problems.get(name) for name in NETS],
+          "nets_batch": [problems.get(name) for name in NETS]}[sample]
+  meta_loss = "batch" if sample == "nets_batch" else "full"
   meta = hrnn.MetaParams(config, seed=1).as_dict()
-  per_problem = unroll_lib.Unroller(config, max_steps=12, mode=mode)
+  per_problem = unroll_lib.Unroller(config, max_steps=12, mode=mode, meta_loss=meta_loss)
   bucketed = unroll_lib.Unroller(config, max_steps=12, mode=mode, compile_by="bucket",
-                                 problems=pool)
-  if sample == "nets":
+                                 problems=pool, meta_loss=meta_loss)
+  if sample.startswith("nets"):
     assert bucketed.num_groups() == 2
   for problem in pool:
     data = unroll_lib.data_tensors(problem.sample_data(4))
@@ -95,6 +97,28 @@ def test_bucketed_unroll_matches_per_problem_unroll(config_name, mode, sample):
         np.testing.assert_allclose(float(getattr(out, stat)), float(getattr(ref, stat)),
                                    rtol=1e-5, atol=1e-5, err_msg=f"{problem.name}: {stat}")
       reference_carry, carry = ref.carry, out.carry
+
+
+def test_batch_meta_loss_changes_only_minibatched_problems():
+  """--meta_loss batch: the step's minibatch loss replaces the full-data loss in the
+  meta-objective of a minibatched problem; a full-batch problem's meta-loss is unchanged, and
+  so is the trajectory (the objective never feeds back into the inner training)."""
+  config = config_lib.stable()
+  meta = hrnn.MetaParams(config, seed=1).as_dict()
+  full = unroll_lib.Unroller(config, max_steps=12, mode="function")
+  batch = unroll_lib.Unroller(config, max_steps=12, mode="function", meta_loss="batch")
+  minibatched = problems.get(NETS[0])
+  full_batch = next(p for p in SAMPLE if p.batch_size is None)
+  for problem, same in ((minibatched, False), (full_batch, True)):
+    data = unroll_lib.data_tensors(problem.sample_data(4))
+    carry = unroll_lib.start_carry(problem, meta, config, data, 4, [4, 5])
+    a, b = full(problem, meta, carry, data, 9, [7, 8]), batch(problem, meta, carry, data, 9, [7, 8])
+    assert np.isfinite(float(a.meta_loss)) and np.isfinite(float(b.meta_loss))
+    assert (float(a.meta_loss) == float(b.meta_loss)) == same, problem.name
+    for x, y in zip(a.carry.params, b.carry.params):
+      np.testing.assert_array_equal(x, y)
+  with pytest.raises(ValueError, match="meta_loss"):
+    unroll_lib.Unroller(config, max_steps=4, meta_loss="mean")
 
 
 def _garbage_padded(layout, rows, slots, state, rng):

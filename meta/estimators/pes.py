@@ -163,7 +163,8 @@ def _particle_loop(fn, num_particles: int, trip_count, elems, signature):
 _COMPILED: dict[tuple, Callable] = {}
 
 
-def task_function(problem, config, *, max_steps: int, num_particles: int, mode: str = "xla"):
+def task_function(problem, config, *, max_steps: int, num_particles: int, mode: str = "xla",
+                  meta_loss: str = "full"):
   """Compiled fn(theta, xi, carries, data, num_steps, seed, noise_seed, pair_offset, fresh,
   sigma, trip_count) -> (grad_sum, num_valid, losses, valid, carries, xi, stats [P, NUM_STATS]).
 
@@ -172,7 +173,7 @@ def task_function(problem, config, *, max_steps: int, num_particles: int, mode: 
   `fresh`: the trajectory starts here: each particle's learned initial hidden states are
   recomputed from its perturbed theta. Forward only, so `max_steps` only bounds the loop.
   """
-  key = (config.to_json(), max_steps, mode, problem.name, num_particles)
+  key = (config.to_json(), max_steps, mode, problem.name, num_particles, meta_loss)
   if key in _COMPILED:
     return _COMPILED[key]
   layout = hrnn.Layout(problem.param_shapes())
@@ -184,7 +185,8 @@ def task_function(problem, config, *, max_steps: int, num_particles: int, mode: 
                       lambda: hrnn.init_state(theta_i, layout, config, carry.state.log_lr),
                       lambda: carry.state)
       out = unroll_lib.unroll(problem, theta_i, carry._replace(state=state), data, num_steps,
-                              seed, config, max_steps=max_steps, compute_gradients=False)
+                              seed, config, max_steps=max_steps, compute_gradients=False,
+                              meta_loss=meta_loss)
       stats = tf.stack([tf.cast(out.steps, tf.float32), out.final_loss, out.log_lr_mean,
                         out.log_lr_std, out.log_lr_min, out.log_lr_max])
       return out.meta_loss, out.finite, out.carry, stats
@@ -323,7 +325,8 @@ class PES:
   def _function(self, problem, num_particles):
     self._names.add(problem.name)
     return task_function(problem, self.trainer.config, max_steps=self.max_steps,
-                         num_particles=num_particles, mode=self.options.unroll_mode)
+                         num_particles=num_particles, mode=self.options.unroll_mode,
+                         meta_loss=self.options.meta_loss)
 
   def _args(self, entry, data):
     return (data, tf.constant(entry["num_steps"], tf.int32), tf.constant(entry["seed"], tf.int32),
