@@ -1,114 +1,128 @@
-"""Demonstration: one Keras model trained with LearnedOptimizer() and with Adam, side by side.
+"""Demonstration: LearnedOptimizer() against Adam on one task of the optimizer benchmark.
 
-An MLP on scikit-learn's digits (bundled, offline), `model.compile` + `model.fit`, the same
-initial weights and the same shuffling for both optimizers. Prints train loss and test
-accuracy per epoch and writes a PNG of the loss curves.
+The task comes from benchmarks/keras_tasks.py (held-out data: scikit-learn's bundled sets,
+offline), and is trained exactly as the benchmark trains it (benchmarks/suite.py `run_one`):
+`model.compile` + `model.fit`, the same initial weights and the same minibatch sequence for
+both optimizers, the training loss measured on a fixed subset of the training set. Prints one
+short table and says who won; writes a PNG of the two loss curves.
 
-    python demo.py                         # shipped default weights, 10 epochs
-    python demo.py --weights paper         # another shipped weights file, or a path
-    python demo.py --weights none          # untrained optimizer (for development)
-    python demo.py --epochs 3 --out /tmp/demo.png
+    python demo.py                                 # shipped default vs Adam(2e-3), MLP on digits
+    python demo.py --task mlp8_tanh_digits         # any benchmark task (python demo.py --list)
+    python demo.py --weights paper                 # another shipped weights file, or a path
+    python demo.py --weights none --steps 200      # the untrained optimizer, a short run
 """
 
 from __future__ import annotations
 
+import math
 import os
-import time
 
 from absl import app, flags
 import keras
 import numpy as np
 
 import learned_opt
+from benchmarks import keras_tasks
+from benchmarks import suite
+
+DEFAULT_TASK = "mlp2_relu_digits"
+ADAM = "Adam(2e-3)"
 
 
-def load_data(seed: int):
-  """Digits, pixels in [0, 1], a fixed 80/20 train/test split."""
-  from sklearn.datasets import load_digits
-  x, y = load_digits(return_X_y=True)
-  x = (x / 16.0).astype(np.float32)
-  order = np.random.default_rng(seed).permutation(len(x))
-  test, train = order[:360], order[360:]
-  return x[train], y[train], x[test], y[test]
+def learned_label(weights: str | None) -> str:
+  if weights == "default":
+    return "LearnedOptimizer()"
+  return f"LearnedOptimizer({'untrained' if weights is None else weights})"
 
 
-def make_model(seed: int) -> keras.Model:
+def run(weights: str | None = "default", task_name: str = DEFAULT_TASK, steps: int | None = None,
+        out: str = "demo_results/demo.png", seed: int = 0, curve_points: int = 20) -> dict:
+  """Trains `task_name` with LearnedOptimizer(weights=...) and Adam(2e-3); prints, plots and
+  returns {label: run} (benchmarks/suite.py's run records)."""
+  task = keras_tasks.get(task_name)
+  make_learned = ((lambda: learned_opt.LearnedOptimizer()) if weights == "default"
+                  else (lambda: learned_opt.LearnedOptimizer(weights=weights)))
+  label = learned_label(weights)
+  steps = steps or task.steps
+  data = task.data(seed)
   keras.utils.set_random_seed(seed)
-  return keras.Sequential([
-      keras.Input((64,)),
-      keras.layers.Dense(128, activation="relu"),
-      keras.layers.Dense(64, activation="relu"),
-      keras.layers.Dense(10),
-  ])
+  init_weights = task.model(data).get_weights()
+  print(f"task: {task.name} - {task.description}; {steps} steps, seed {seed}")
+  # Built before any training: a missing or bad weights file fails here.
+  print(f"{label}: {describe_weights(make_learned())}")
+  results = {}
+  for name, make in ((label, make_learned), (ADAM, lambda: keras.optimizers.Adam(2e-3))):
+    print(f"training with {name} ...", flush=True)
+    results[name] = suite.run_one(task, data, init_weights, make(), seed, curve_points, steps)
+  print()
+  print(table(results, task))
+  print()
+  print(verdict(results, label))
+  plot(results, task, out)
+  print(f"wrote {out}")
+  return results
 
 
-def train(optimizer, data, epochs: int, batch_size: int, seed: int) -> dict:
-  """Fits a fresh model (same initial weights for every call) and returns its history."""
-  x_train, y_train, x_test, y_test = data
-  model = make_model(seed)
-  model.compile(optimizer=optimizer,
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
-  keras.utils.set_random_seed(seed)   # the same shuffling for every optimizer
-  start = time.perf_counter()
-  history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs,
-                      validation_data=(x_test, y_test), verbose=0)
-  seconds = time.perf_counter() - start
-  return {"loss": history.history["loss"], "test_accuracy": history.history["val_accuracy"],
-          "test_loss": history.history["val_loss"], "seconds": seconds}
+def describe_weights(optimizer) -> str:
+  """One line about the optimizer's weights (never a raw dict)."""
+  p = optimizer.weights_provenance or {}
+  if not p or str(p.get("source", "")).startswith("untrained"):
+    return "untrained initialisation (no meta-trained weights)"
+  parts = [f"config '{p['config_preset']}'" if p.get("config_preset") else "weights file"]
+  if p.get("meta_steps") is not None:
+    parts.append(f"{p['meta_steps']:,} meta-steps")
+  if p.get("cpu_hours") is not None:
+    parts.append(f"{p['cpu_hours']:.1f} CPU-hours of meta-training")
+  options = p.get("options") or {}
+  if options.get("problems"):
+    parts.append(f"problems '{options['problems']}'")
+  return ", ".join(parts)
 
 
-def table(results: dict[str, dict]) -> str:
-  names = list(results)
-  header = "| epoch | " + " | ".join(f"{n} train loss | {n} test acc" for n in names) + " |"
-  lines = [header, "|---:|" + "---:|" * (2 * len(names))]
-  for epoch in range(len(results[names[0]]["loss"])):
-    cells = [f"{results[n]['loss'][epoch]:.4f} | {results[n]['test_accuracy'][epoch]:.3f}"
-             for n in names]
-    lines.append(f"| {epoch + 1} | " + " | ".join(cells) + " |")
+def table(results: dict[str, dict], task) -> str:
+  metric = next(iter(results.values()))["test_metric_name"]
+  reference = results[ADAM]
+  lines = [f"| optimizer | final train loss | test {metric} | steps to Adam's final loss | "
+           "fit wall time |", "|---|---:|---:|---:|---:|"]
+  for name, run in results.items():
+    reach = suite.steps_to_reach(run["steps"], run["losses"], reference["final_loss"])
+    test = "-" if run["test_metric"] is None else f"{run['test_metric']:.4g}"
+    lines.append(f"| {name} | {suite.fmt(run['final_loss'])} | {test} | "
+                 f"{'never' if reach is None else f'{reach:,}'} | {run['wall_seconds']:.1f} s |")
   return "\n".join(lines)
 
 
-def plot(results: dict[str, dict], path: str) -> None:
+def verdict(results: dict[str, dict], label: str) -> str:
+  """Who won on final training loss, by how much, and at what wall-time cost; plainly."""
+  mine, adam = results[label], results[ADAM]
+  a, b = mine["final_loss"], adam["final_loss"]
+  cost = mine["wall_seconds"] / max(adam["wall_seconds"], 1e-9)
+  time_note = f"{label} took {cost:.1f}x Adam's wall time."
+  if mine["diverged"] or not math.isfinite(a):
+    return f"Adam won: {label} diverged ({mine['diverged'] or 'non-finite loss'}). {time_note}"
+  if not math.isfinite(b):
+    return f"{label} won: Adam diverged. {time_note}"
+  if a <= b:
+    return (f"{label} won: final train loss {a:.4g} vs Adam's {b:.4g} "
+            f"({b / max(a, 1e-30):.2f}x lower). {time_note}")
+  return (f"Adam won: final train loss {b:.4g} vs {label}'s {a:.4g} "
+          f"({a / max(b, 1e-30):.2f}x lower). {time_note}")
+
+
+def plot(results: dict[str, dict], task, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-  for name, history in results.items():
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    left.plot(epochs, history["loss"], marker="o", label=name)
-    right.plot(epochs, history["test_accuracy"], marker="o", label=name)
-  left.set(yscale="log", xlabel="epoch", ylabel="train loss (epoch mean)")
-  right.set(xlabel="epoch", ylabel="test accuracy")
-  left.legend()
-  fig.suptitle("Keras MLP on scikit-learn digits")
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, run in results.items():
+    losses = np.asarray(run["losses"], float)
+    ax.plot(run["steps"], losses, marker="o", markersize=3, label=name)
+  ax.set(yscale="log", xlabel="step", ylabel="train loss (training subset)", title=task.name)
+  ax.legend()
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
-
-
-def run(weights: str | None = "default", epochs: int = 10, out: str = "demo_results/demo.png",
-        batch_size: int = 32, seed: int = 0) -> dict[str, dict]:
-  """Trains with LearnedOptimizer(weights=...) and Adam(2e-3); prints and plots."""
-  # Made first: without shipped weights this raises LearnedOptimizer's own error at once.
-  learned = (learned_opt.LearnedOptimizer() if weights == "default"
-             else learned_opt.LearnedOptimizer(weights=weights))
-  label = "LearnedOptimizer" + ("" if weights == "default" else
-                                f"({'untrained' if weights is None else weights})")
-  print(f"{label}: {learned.weights_provenance.get('source', learned.weights_provenance)}")
-  data = load_data(seed)
-  results = {label: train(learned, data, epochs, batch_size, seed),
-             "Adam(2e-3)": train(keras.optimizers.Adam(2e-3), data, epochs, batch_size, seed)}
-  print(f"\nMLP 64-128-64-10 on digits ({len(data[0])} train / {len(data[2])} test), batch "
-        f"{batch_size}, {epochs} epochs\n")
-  print(table(results))
-  for name, history in results.items():
-    print(f"{name}: final train loss {history['loss'][-1]:.4f}, test accuracy "
-          f"{history['test_accuracy'][-1]:.3f}, {history['seconds']:.1f} s")
-  plot(results, out)
-  print(f"wrote {out}")
-  return results
 
 
 FLAGS = flags.FLAGS
@@ -118,16 +132,27 @@ def define_flags():
   """Flags of the command line only, so that importing demo defines none (tests import it)."""
   flags.DEFINE_string("weights", "default", "Shipped weights name, a path, or 'none' "
                       "(untrained).")
-  flags.DEFINE_integer("epochs", 10, "Epochs of model.fit.")
-  flags.DEFINE_integer("batch_size", 32, "Minibatch size.")
-  flags.DEFINE_integer("seed", 0, "Split, initial weights and shuffling.")
+  flags.DEFINE_string("task", DEFAULT_TASK, "A task of benchmarks/keras_tasks.py.")
+  flags.DEFINE_integer("steps", None, "Training steps (default: the task's own).")
+  flags.DEFINE_integer("seed", 0, "Data split, initial weights and minibatch order.")
   flags.DEFINE_string("out", "demo_results/demo.png", "Where to write the loss-curve PNG.")
+  flags.DEFINE_bool("list", False, "List the tasks and exit.")
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.list:
+    for task in keras_tasks.TASKS.values():
+      print(f"{task.name:32s} {task.description}")
+    return
+  if FLAGS.task not in keras_tasks.TASKS:
+    raise app.UsageError(f"--task {FLAGS.task!r} is not a benchmark task; "
+                         "python demo.py --list shows them")
+  if FLAGS.steps is not None and FLAGS.steps < 1:
+    raise app.UsageError(f"--steps must be >= 1, got {FLAGS.steps}")
   weights = None if FLAGS.weights.lower() in ("none", "untrained") else FLAGS.weights
-  run(weights, FLAGS.epochs, FLAGS.out, FLAGS.batch_size, FLAGS.seed)
+  run(weights, FLAGS.task, FLAGS.steps, FLAGS.out, FLAGS.seed)
 
 
 if __name__ == "__main__":

@@ -139,19 +139,40 @@ def test_missing_weights_fail_before_training(tmp_path):
     quality.run(quality.Options(weights=[str(tmp_path / "missing.npz")], out=str(tmp_path)))
 
 
-def test_demo_runs_one_epoch_untrained(tmp_path, capsys):
+def test_demo_runs_a_benchmark_task_and_names_the_winner(tmp_path, capsys):
   sys.path.insert(0, REPO)
   try:
     import demo
   finally:
     sys.path.remove(REPO)
   out = tmp_path / "demo.png"
-  results = demo.run(weights=None, epochs=1, out=str(out))
+  results = demo.run(weights=None, steps=40, out=str(out), curve_points=4)
   assert out.stat().st_size > 0
   assert set(results) == {"LearnedOptimizer(untrained)", "Adam(2e-3)"}
-  for history in results.values():
-    assert len(history["loss"]) == 1 and math.isfinite(history["loss"][0])
-  assert "| 1 |" in capsys.readouterr().out
+  for run in results.values():
+    assert run["steps"] == [0, 10, 20, 30, 40] and all(map(math.isfinite, run["losses"]))
+  printed = capsys.readouterr().out
+  assert "| LearnedOptimizer(untrained) |" in printed and "| Adam(2e-3) |" in printed
+  assert "{" not in printed                      # no raw dicts
+  a = results["LearnedOptimizer(untrained)"]["final_loss"]
+  b = results["Adam(2e-3)"]["final_loss"]
+  winner = "LearnedOptimizer(untrained) won" if a <= b else "Adam won"
+  assert winner in printed
+
+
+def test_demo_verdict_handles_divergence():
+  sys.path.insert(0, REPO)
+  try:
+    import demo
+  finally:
+    sys.path.remove(REPO)
+  ok = {"final_loss": 0.5, "diverged": None, "wall_seconds": 2.0}
+  bad = {"final_loss": math.nan, "diverged": "non-finite loss at step 30", "wall_seconds": 1.0}
+  assert demo.verdict({"L": bad, "Adam(2e-3)": ok}, "L").startswith("Adam won: L diverged")
+  assert demo.verdict({"L": ok, "Adam(2e-3)": bad}, "L").startswith("L won: Adam diverged")
+  text = demo.verdict({"L": {**ok, "final_loss": 0.25, "wall_seconds": 4.0}, "Adam(2e-3)": ok}, "L")
+  assert text.startswith("L won: final train loss 0.25 vs Adam's 0.5 (2.00x lower)")
+  assert "L took 2.0x Adam's wall time" in text
 
 
 def test_benchmark_modules_define_no_flags_at_import():
