@@ -324,3 +324,56 @@ def best_record(train_dir) -> dict | None:
 
 def is_better(score: float, record: dict | None) -> bool:
   return math.isfinite(score) and (record is None or score < float(record["score"]))
+
+
+# ---- command line: score weights files --------------------------------------------------------
+
+def weights_meta(spec: str):
+  """(label, config, meta values) of a weights spec: a shipped name, a path, or
+  'untrained:<preset>' (the reference initialisation of that preset)."""
+  from learned_opt import config as config_lib
+  from learned_opt import weights as weights_lib
+  if spec.startswith("untrained:"):
+    config = config_lib.get(spec.split(":", 1)[1])
+    return spec, config, hrnn.MetaParams(config).numpy()
+  loaded = weights_lib.load(weights_lib.resolve(spec))
+  return spec, loaded.config, loaded.meta
+
+
+def score_table(specs: Sequence[str], steps: int, names: str = "",
+                cache_dir: str | None = None) -> tuple[str, dict]:
+  """Markdown table of the validation score and per-task log ratios of each weights spec."""
+  problems = select(names)
+  results = {}
+  for spec in specs:
+    label, config, meta = weights_meta(spec)
+    results[label] = Validator(config, cache_dir, steps, problems)(meta)
+  header = "| weights | score | " + " | ".join(p.name for p in problems) + " |"
+  lines = [header, "|---|---:|" + "---:|" * len(problems)]
+  for label, result in results.items():
+    cells = [f"{result['tasks'][p.name]['log_ratio']:+.2f}" for p in problems]
+    lines.append(f"| {label} | {result['score']:+.3f} | " + " | ".join(cells) + " |")
+  return "\n".join(lines), results
+
+
+def main(argv=None) -> None:
+  import argparse
+  parser = argparse.ArgumentParser(
+      prog="python -m meta.validation",
+      description="Validation score (mean ln(final loss / Adam(2e-3)'s), lower is better) and "
+                  "per-task log ratios of weights files on the validation suite.")
+  parser.add_argument("weights", nargs="+", help="shipped name (default, paper), a .npz path, "
+                      "or untrained:<preset> (paper, stable, lean)")
+  parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per task")
+  parser.add_argument("--tasks", default="", help="comma-separated subset of the suite")
+  parser.add_argument("--cache_dir", default=None,
+                      help="directory for the Adam references (validation_reference.json)")
+  args = parser.parse_args(argv)
+  if args.steps < 1:
+    parser.error(f"--steps must be >= 1, got {args.steps}")
+  table, _ = score_table(args.weights, args.steps, args.tasks, args.cache_dir)
+  print(table)
+
+
+if __name__ == "__main__":
+  main()

@@ -328,6 +328,25 @@ def test_train_meta_validates_and_keeps_best(tmp_path, monkeypatch):
   assert again.references["val_sine_mlp2_tanh"] == pytest.approx(task["adam"])
 
 
+def test_validation_command_scores_weights_files(tmp_path, capsys):
+  """python -m meta.validation: a row per weights spec, the score the Validator gives."""
+  trainer = trainer_lib.Trainer(trainer_lib.Options(
+      train_dir=str(tmp_path / "run"), config="lean", problems="quadratic_d25", max_steps=1,
+      min_unroll_steps=5, unroll_steps_scale=0, max_unroll_steps=8, num_unrolls_scale=1,
+      checkpoint_every_secs=0, export=str(tmp_path / "w.npz")))
+  trainer.run()
+  validation.main(["untrained:lean", str(tmp_path / "w.npz"), "--steps", "10",
+                   "--tasks", "val_sine_mlp2_tanh", "--cache_dir", str(tmp_path)])
+  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+  assert rows[0].startswith("| weights | score | val_sine_mlp2_tanh")
+  assert rows[1].startswith("| untrained:lean |") and rows[2].startswith(f"| {tmp_path}")
+  expected = validation.Validator(config_lib.lean(), tmp_path, 10, validation.select(
+      "val_sine_mlp2_tanh"))(hrnn.init_meta_params(config_lib.lean(), 0))["score"]
+  assert rows[1].split("|")[2].strip() == f"{expected:+.3f}"
+  with pytest.raises(FileNotFoundError):
+    validation.main([str(tmp_path / "missing.npz"), "--steps", "10"])
+
+
 def test_bad_validation_tasks_fail_up_front(tmp_path):
   options = trainer_lib.Options(train_dir=str(tmp_path), validate_every=5,
                                 validation_tasks="val_nope")
