@@ -4,6 +4,9 @@
         --out learned_opt/weights/meta_loss.png
     python -m meta.plot_history --runs /tmp/run --column validation_score --window 1 \
         --out validation.png     # the validation suite's score (logged every --validate_every)
+    python -m meta.plot_history --runs meta_runs/lean_tbptt,meta_runs/lean_pes \
+        --column validation_score --window 1 --x cpu_hours \
+        --reference "+0.315:untrained lean" --out comparison.png   # equal-CPU comparison
 """
 
 from __future__ import annotations
@@ -24,10 +27,29 @@ def define_flags():
   flags.DEFINE_integer("window", 50, "Moving-average window in meta-steps.")
   flags.DEFINE_string("column", "meta_loss", "history.csv column to plot (rows where it is "
                       "empty are skipped), e.g. validation_score.")
+  flags.DEFINE_enum("x", "step", list(X_AXES), "Horizontal axis: meta-step, or the run's CPU "
+                    "or wall hours (history.csv's cpu_time / wall_time, summed over restarts).")
+  flags.DEFINE_multi_string("reference", [], "VALUE:LABEL, a horizontal reference line "
+                            "(e.g. the untrained optimizer's score); repeatable.")
   flags.mark_flag_as_required("runs")
 
 
-def read_history(train_dir: str, column: str = "meta_loss") -> tuple[np.ndarray, np.ndarray]:
+X_AXES = {"step": ("step", 1.0, "meta-step (partial unroll)"),
+          "cpu_hours": ("cpu_time", 1 / 3600, "CPU hours of meta-training"),
+          "wall_hours": ("wall_time", 1 / 3600, "wall-clock hours of meta-training")}
+
+
+def parse_reference(text: str) -> tuple[float, str]:
+  value, sep, label = text.partition(":")
+  try:
+    return float(value), (label if sep else value)
+  except ValueError:
+    raise ValueError(f"--reference {text!r}: expected VALUE:LABEL, e.g. +0.315:untrained") \
+        from None
+
+
+def read_history(train_dir: str, column: str = "meta_loss",
+                 x: str = "step") -> tuple[np.ndarray, np.ndarray]:
   path = os.path.join(train_dir, "history.csv")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist (is {train_dir} a train_dir?)")
@@ -35,8 +57,13 @@ def read_history(train_dir: str, column: str = "meta_loss") -> tuple[np.ndarray,
     reader = csv.DictReader(f)
     if column not in (reader.fieldnames or []):
       raise ValueError(f"{path} has no column {column!r} (it has {reader.fieldnames})")
-    rows = [r for r in reader if r.get(column) not in (None, "", "nan")]
-  return (np.array([int(r["step"]) for r in rows]),
+    x_column, scale, _ = X_AXES[x]
+    if x_column not in (reader.fieldnames or []):
+      raise ValueError(f"{path} has no column {x_column!r} for --x {x} (it has "
+                       f"{reader.fieldnames})")
+    rows = [r for r in reader if r.get(column) not in (None, "", "nan")
+            and r.get(x_column) not in (None, "")]
+  return (np.array([float(r[x_column]) * scale for r in rows]),
           np.array([float(r[column]) for r in rows]))
 
 
@@ -62,20 +89,26 @@ def main(argv):
   fig, ax = plt.subplots(figsize=(6.5, 4))
   averages = []
   for run in FLAGS.runs:
-    steps, losses = read_history(run, FLAGS.column)
+    steps, losses = read_history(run, FLAGS.column, FLAGS.x)
     line, = ax.plot(steps, np.where(np.isfinite(losses), losses, np.nan), alpha=0.15)
     averages.append(moving_average(losses, FLAGS.window))
     ax.plot(steps, averages[-1], color=line.get_color(),
-            label=f"{os.path.basename(os.path.normpath(run))} ({len(steps)} meta-steps)")
+            label=f"{os.path.basename(os.path.normpath(run))} ({len(steps)} points)")
     finite = np.isfinite(losses)
     print(f"{run}: {len(steps)} meta-steps ({np.sum(~finite)} non-finite), mean finite "
           f"{FLAGS.column} first/last {FLAGS.window}: {losses[:FLAGS.window][finite[:FLAGS.window]].mean():.3f}"
           f" / {losses[-FLAGS.window:][finite[-FLAGS.window:]].mean():.3f}")
-  finite = np.concatenate([a[np.isfinite(a)] for a in averages])
+  references = [parse_reference(text) for text in FLAGS.reference]
+  for value, label in references:
+    ax.axhline(value, color="gray", linestyle="--", linewidth=1)
+    ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"), fontsize=8,
+                va="bottom", color="gray")
+  finite = np.concatenate([a[np.isfinite(a)] for a in averages]
+                          + [np.array([v for v, _ in references])])
   if finite.size:   # frame the averages; the raw per-step values span orders more
     low, high = finite.min(), finite.max()
     ax.set_ylim(low - 0.3 * (high - low + 1e-3), high + 0.3 * (high - low + 1e-3))
-  ax.set_xlabel("meta-step (partial unroll)")
+  ax.set_xlabel(X_AXES[FLAGS.x][2])
   ax.set_ylabel("meta-loss (eq. 14; lower is better)" if FLAGS.column == "meta_loss"
                 else f"{FLAGS.column} (lower is better)")
   ax.set_title(f"meta-training history ({FLAGS.window}-step moving average)")

@@ -60,3 +60,27 @@ def test_other_column_skips_rows_without_it(tmp_path):
   np.testing.assert_array_equal(scores, [0.5, 0.25])
   with pytest.raises(ValueError, match="no column 'nope'"):
     plot_history.read_history(str(run), "nope")
+
+
+def test_cpu_hours_axis_and_reference_lines(tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "history.csv").write_text("step,meta_loss,validation_score,cpu_time\n"
+                                   "1,-0.1,,360\n2,-0.2,0.5,720\n3,-0.3,0.25,\n4,-0.4,0.1,3600\n")
+  hours, scores = plot_history.read_history(str(run), "validation_score", "cpu_hours")
+  np.testing.assert_allclose(hours, [0.2, 1.0])        # row 3 has no CPU time: skipped
+  np.testing.assert_array_equal(scores, [0.5, 0.1])
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "history.csv").write_text("step,meta_loss\n1,-0.1\n")
+  with pytest.raises(ValueError, match="cpu_time"):
+    plot_history.read_history(str(tmp_path / "old"), "meta_loss", "cpu_hours")
+  assert plot_history.parse_reference("+0.315:untrained lean") == (0.315, "untrained lean")
+  with pytest.raises(ValueError, match="VALUE:LABEL"):
+    plot_history.parse_reference("untrained")
+  out = tmp_path / "plot.png"
+  result = subprocess.run([sys.executable, "-m", "meta.plot_history", "--runs", str(run),
+                           "--column", "validation_score", "--window", "1", "--x", "cpu_hours",
+                           "--reference", "0.3:untrained", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert out.exists()
