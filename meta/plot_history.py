@@ -93,9 +93,10 @@ def main(argv):
     line, = ax.plot(steps, np.where(np.isfinite(losses), losses, np.nan), alpha=0.15)
     averages.append(moving_average(losses, FLAGS.window))
     ax.plot(steps, averages[-1], color=line.get_color(),
+            marker="o" if len(steps) <= 200 else None, markersize=4,   # few points: visible
             label=f"{os.path.basename(os.path.normpath(run))} ({len(steps)} points)")
     finite = np.isfinite(losses)
-    print(f"{run}: {len(steps)} meta-steps ({np.sum(~finite)} non-finite), mean finite "
+    print(f"{run}: {len(steps)} rows with {FLAGS.column} ({np.sum(~finite)} non-finite), mean "
           f"{FLAGS.column} first/last {FLAGS.window}: {losses[:FLAGS.window][finite[:FLAGS.window]].mean():.3f}"
           f" / {losses[-FLAGS.window:][finite[-FLAGS.window:]].mean():.3f}")
   references = [parse_reference(text) for text in FLAGS.reference]

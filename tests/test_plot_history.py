@@ -47,7 +47,7 @@ def test_command_writes_plot(tmp_path):
                            str(tmp_path / "a"), "--window", "5", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert out.exists() and "30 meta-steps" in result.stdout
+  assert out.exists() and "30 rows with meta_loss" in result.stdout
 
 
 def test_other_column_skips_rows_without_it(tmp_path):
