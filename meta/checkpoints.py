@@ -73,10 +73,15 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+  """Inverse of pack_arrays. numpy's .npz writes bfloat16 (the `lean` state) as raw 2-byte
+  records ('|V2'); they are viewed back as bfloat16."""
   if not blob:
     return {}
   with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}
+    arrays = {k: data[k] for k in data.files}
+  bfloat16 = tf.bfloat16.as_numpy_dtype
+  return {k: v.view(bfloat16) if v.dtype.kind == "V" and v.dtype.itemsize == 2 else v
+          for k, v in arrays.items()}
 
 
 def check_writable(directory: str | os.PathLike, what: str) -> Path:
