@@ -40,8 +40,6 @@ def run(weights: str | None = "default", task_name: str = DEFAULT_TASK, steps: i
   """Trains `task_name` with LearnedOptimizer(weights=...) and Adam(2e-3); prints, plots and
   returns {label: run} (benchmarks/suite.py's run records)."""
   task = keras_tasks.get(task_name)
-  make_learned = ((lambda: learned_opt.LearnedOptimizer()) if weights == "default"
-                  else (lambda: learned_opt.LearnedOptimizer(weights=weights)))
   label = learned_label(weights)
   steps = steps or task.steps
   data = task.data(seed)
@@ -49,11 +47,13 @@ def run(weights: str | None = "default", task_name: str = DEFAULT_TASK, steps: i
   init_weights = task.model(data).get_weights()
   print(f"task: {task.name} - {task.description}; {steps} steps, seed {seed}")
   # Built before any training: a missing or bad weights file fails here.
-  print(f"{label}: {describe_weights(make_learned())}")
+  learned = (learned_opt.LearnedOptimizer() if weights == "default"
+             else learned_opt.LearnedOptimizer(weights=weights))
+  print(f"{label}: {describe_weights(learned)}")
   results = {}
-  for name, make in ((label, make_learned), (ADAM, lambda: keras.optimizers.Adam(2e-3))):
+  for name, optimizer in ((label, learned), (ADAM, keras.optimizers.Adam(2e-3))):
     print(f"training with {name} ...", flush=True)
-    results[name] = suite.run_one(task, data, init_weights, make(), seed, curve_points, steps)
+    results[name] = suite.run_one(task, data, init_weights, optimizer, seed, curve_points, steps)
   print()
   print(table(results, task))
   print()

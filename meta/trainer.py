@@ -268,7 +268,7 @@ def repo_relative(path) -> str:
     return str(path)
 
 
-_CPU_COUNTED: list = []   # non-empty once a Trainer of this process has claimed its start-up
+_START_UP_CLAIMED = False   # whether a Trainer of this process already counts its start-up CPU
 
 MAPS_PER_PROBLEM = 900   # measured: ~800 memory maps per XLA-compiled problem (unroll + loss)
 
@@ -448,8 +448,11 @@ class Trainer:
     # The meta-gradient estimator (meta/estimators/): holds the in-flight trajectories.
     self.estimator = estimators.build(options.estimator, self)
     self.needs_fresh_process = False
-    self._cpu_mark = 0.0 if not _CPU_COUNTED else time.process_time()
-    _CPU_COUNTED.append(True)   # a second trainer in this process starts its count here
+    global _START_UP_CLAIMED
+    # The first trainer of a process counts from its start (imports, setup); a later one from
+    # its own construction.
+    self._cpu_mark = time.process_time() if _START_UP_CLAIMED else 0.0
+    _START_UP_CLAIMED = True
     limit = memory_map_limit()
     kernel_budget = int(0.9 * limit) if limit else 0
     self.map_budget = options.max_memory_maps or kernel_budget

@@ -343,11 +343,16 @@ def weights_meta(spec: str):
 def score_table(specs: Sequence[str], steps: int, names: str = "",
                 cache_dir: str | None = None) -> tuple[str, dict]:
   """Markdown table of the validation score and per-task log ratios of each weights spec."""
+  import tempfile
   problems = select(names)
-  results = {}
-  for spec in specs:
-    label, config, meta = weights_meta(spec)
-    results[label] = Validator(config, cache_dir, steps, problems)(meta)
+  results, validators = {}, {}
+  with tempfile.TemporaryDirectory() as scratch:   # Adam references once, not once per spec
+    for spec in specs:
+      label, config, meta = weights_meta(spec)
+      key = config.to_json()
+      if key not in validators:
+        validators[key] = Validator(config, cache_dir or scratch, steps, problems)
+      results[label] = validators[key](meta)
   header = "| weights | score | " + " | ".join(p.name for p in problems) + " |"
   lines = [header, "|---|---:|" + "---:|" * len(problems)]
   for label, result in results.items():
