@@ -14,10 +14,13 @@ One machine (2 CPU cores is enough to see progress within minutes):
   python train_meta.py --train_dir /tmp/lo_run --export /tmp/lo.npz --export_only
   python train_meta.py --train_dir /tmp/lo_stable --config stable --meta_l2 0.1
   python train_meta.py --train_dir /tmp/lo_run --validate_every 250   # keeps exports/best.npz
+  python train_meta.py --train_dir /tmp/lo_ft --config lean --init_weights W.npz  # warm start
   tensorboard --logdir /tmp/lo_run/summaries
 
 Re-running the same command resumes from the last checkpoint (train_dir/checkpoints) and
-continues exactly as if never stopped. An unreadable latest checkpoint falls back to the
+continues exactly as if never stopped. Flags left out take the values the run last ran with,
+so `python train_meta.py --train_dir DIR` alone resumes a run (and `--train_dir DIR --export F
+--export_only` exports it); a flag given overrides the record. An unreadable latest checkpoint falls back to the
 previous one (with a warning naming it); run_config.json keeps the run's original flags and
 each resume appends its own to resumes.jsonl (warning about flags it cannot honour, --seed).
 
@@ -65,11 +68,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from absl import app
 from absl import flags
 
 from learned_opt import config as config_lib
+from meta import checkpoints
 from meta import trainer as trainer_lib
 
 _D = trainer_lib.Options()
@@ -150,6 +155,9 @@ flags.DEFINE_float("meta_l2", _D.meta_l2, "L2 coefficient on the optimizer's own
                    "meta-parameters (seed paper 2's weight decay; not on problem parameters).")
 flags.DEFINE_integer("seed", _D.seed, "Seed of problem / length / instance sampling.")
 flags.DEFINE_integer("init_seed", _D.init_seed, "Seed of the meta-parameter initialisation.")
+flags.DEFINE_string("init_weights", _D.init_weights, "Warm start: a fresh run's "
+                    "meta-parameters come from this weights file (shipped name or path, made "
+                    "for --config) instead of --init_seed. Ignored on resume.")
 flags.DEFINE_enum("strategy", _D.strategy, ["default", "mirrored", "multi_worker",
                                             "parameter_server"], "tf.distribute strategy.")
 flags.DEFINE_enum("unroll_mode", _D.unroll_mode, ["xla", "function", "eager"],
@@ -180,12 +188,31 @@ flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --
                   "is meta-training there.")
 
 
+# Flags that never come from a resumed run's record: where to write, and what to do now.
+_NOT_FROM_RECORD = ("train_dir", "export")
+
+
 def options_from_flags() -> trainer_lib.Options:
+  """Options from the command line. Resuming a run (its train_dir has a checkpoint), a flag
+  not given takes the value the run last ran with, so `--train_dir DIR` alone resumes or
+  exports it; a flag given on the command line overrides the record (and is logged)."""
   options = trainer_lib.Options()
+  recorded = (checkpoints.recorded_options(Path(FLAGS.train_dir).expanduser())
+              if FLAGS.train_dir else None) or {}
+  taken = []
   for field in options.__dataclass_fields__:
-    if field in FLAGS:
+    if field not in FLAGS:
+      continue
+    if not FLAGS[field].present and field in recorded and field not in _NOT_FROM_RECORD:
+      setattr(options, field, recorded[field])
+      if recorded[field] != FLAGS[field].default:
+        taken.append(f"--{field} {recorded[field]!r}")
+    else:
       setattr(options, field, getattr(FLAGS, field) if getattr(FLAGS, field) is not None
               else getattr(options, field))
+  if taken:
+    logging.getLogger("train_meta").info("resuming %s with its recorded flags: %s",
+                                         FLAGS.train_dir, " ".join(taken))
   if FLAGS.export_only:
     if not FLAGS.export:
       raise ValueError("--export_only needs --export PATH")

@@ -122,6 +122,25 @@ def check_run_config(train_dir: Path, config: HRNNConfig) -> dict | None:
   return recorded
 
 
+def recorded_options(train_dir: Path) -> dict | None:
+  """The options a run in train_dir last ran with (its latest resume's, else its first), or
+  None when train_dir holds no checkpointed run."""
+  if tf.train.latest_checkpoint(str(train_dir / "checkpoints")) is None:
+    return None
+  try:
+    options = json.loads((train_dir / RUN_CONFIG).read_text())["options"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None   # check_run_config reports an unreadable record
+  resumes = train_dir / RESUMES
+  if resumes.exists():
+    for line in reversed(resumes.read_text().splitlines()):
+      try:
+        return {**options, **json.loads(line)["options"]}
+      except (ValueError, KeyError, TypeError):
+        continue   # a line cut short by a crash
+  return options
+
+
 def write_json_atomic(path: Path, value: Any) -> None:
   fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
   with os.fdopen(fd, "w") as f:

@@ -114,6 +114,9 @@ class Options:
   meta_l2: float = 0.0
   seed: int = 0
   init_seed: int = 0
+  # Warm start: a fresh run's meta-parameters are read from this weights file (a shipped name
+  # or a path; its config must be --config's) instead of drawn from --init_seed.
+  init_weights: str = ""
   strategy: str = "default"
   unroll_mode: str = "xla"
   # "bucket": problems of one padded size share a compiled unroll (meta/unroll.py `_Group`);
@@ -193,6 +196,11 @@ class Options:
     need(self.validate_every >= 0, f"--validate_every must be >= 0, got {self.validate_every}")
     need(self.validation_steps >= 1,
          f"--validation_steps must be >= 1, got {self.validation_steps}")
+    if not errors and self.init_weights:
+      try:
+        weights_lib.load(self.init_weights, config_lib.get(self.config))
+      except (OSError, ValueError) as e:
+        errors.append(f"--init_weights: {e}")
     if not errors and self.validate_every:
       from meta import validation
       try:
@@ -256,6 +264,7 @@ def resolve_problem_set(spec: str) -> tuple[list, np.ndarray | None]:
 RESUME_NO_EFFECT = {
     "seed": "the sampling RNG state is restored from the checkpoint",
     "init_seed": "the meta-parameters are restored from the checkpoint",
+    "init_weights": "the meta-parameters are restored from the checkpoint",
 }
 
 def repo_relative(path) -> str:
@@ -448,6 +457,7 @@ class Trainer:
     # The meta-gradient estimator (meta/estimators/): holds the in-flight trajectories.
     self.estimator = estimators.build(options.estimator, self)
     self.needs_fresh_process = False
+    self.init_record = None   # set by a warm start (--init_weights)
     global _START_UP_CLAIMED
     # The first trainer of a process counts from its start (imports, setup); a later one from
     # its own construction.
@@ -496,9 +506,28 @@ class Trainer:
         log.warning("removing %s: the shards of a checkpoint save that was interrupted", stale)
         shutil.rmtree(stale, ignore_errors=True)
     restored = self._restore_latest_readable(checkpoint_dir)
+    if restored is None and self.options.init_weights:
+      self._warm_start()
     if self.chief and not self.read_only:
       checkpoints.trim_history(self.train_dir, int(self.train_state.step.numpy()))
       self._record_run_config(restored)
+
+  def _warm_start(self) -> None:
+    """Sets the meta-parameters of a fresh run from --init_weights (checked in validate())."""
+    loaded = weights_lib.load(self.options.init_weights, self.config)
+    missing = sorted(set(self.meta.variables_by_name) - set(loaded.meta))
+    if missing:
+      raise ValueError(f"--init_weights {self.options.init_weights} lacks meta-parameters "
+                       f"{missing}")
+    for name, variable in self.meta.variables_by_name.items():
+      variable.assign(loaded.meta[name])
+    parent = loaded.provenance or {}
+    # Kept in run_config.json: a shipped name may later name another file.
+    self.init_record = {"weights": repo_relative(loaded.path), **{
+        k: parent[k] for k in ("meta_steps", "cpu_hours", "cpu_hours_total", "train_dir",
+                               "git_commit", "init_weights") if k in parent}}
+    log.info("warm start: meta-parameters from %s (%s meta-steps)", loaded.path,
+             parent.get("meta_steps"))
 
   def _restore_latest_readable(self, checkpoint_dir: Path) -> str | None:
     """Restores the newest checkpoint that reads; an unreadable one falls back to the previous.
@@ -545,6 +574,8 @@ class Trainer:
     if restored is None or self.recorded is None:
       record = {"config": self.config.to_dict(), "config_preset": self.options.config,
                 "options": options}
+      if self.init_record is not None:
+        record["init"] = self.init_record
       checkpoints.write_json_atomic(self.train_dir / checkpoints.RUN_CONFIG, record)
       return
     recorded = self.recorded.get("options", {})
@@ -734,6 +765,14 @@ class Trainer:
       options = self.recorded.get("options", options)   # the run's flags, not the exporter's
     options = {**options, **{k: repo_relative(options[k]) for k in ("train_dir", "export")
                              if options.get(k)}}
+    init = {}
+    record = self.init_record or (self.recorded or {}).get("init")
+    if record:
+      parent_hours = record.get("cpu_hours_total", record.get("cpu_hours")) or 0.0
+      init = {"init_weights": record, "cpu_hours_total": round(
+          float(self.train_state.cpu_time.numpy()) / 3600.0 + parent_hours, 4)}
+    options = {**options, **({"init_weights": repo_relative(options["init_weights"])}
+                             if options.get("init_weights") else {})}
     provenance = {
         "trainer": "train_meta.py", "options": options,
         "config_preset": self.options.config, "meta_steps": self.step,
@@ -741,7 +780,7 @@ class Trainer:
         "cpu_hours": round(float(self.train_state.cpu_time.numpy()) / 3600.0, 4),
         "git_commit": git_commit(), "train_dir": repo_relative(self.train_dir),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **(extra_provenance or {}),
+        **init, **(extra_provenance or {}),
     }
     values = {k: np.asarray(v.numpy()) for k, v in self.meta.variables_by_name.items()}
     out = weights_lib.save(Path(path).expanduser(), values, self.config, provenance)

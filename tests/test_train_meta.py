@@ -321,6 +321,64 @@ def test_export_loads_in_learned_optimizer(tmp_path):
   assert after == before
 
 
+def test_warm_start_from_a_weights_file(tmp_path):
+  """--init_weights: a fresh run starts from the file's meta-parameters; the parent's CPU-hours
+  add up in the export; a resume ignores the flag; a file for another config is refused."""
+  parent = trainer_lib.Trainer(_fast_options(tmp_path / "parent", max_steps=3, init_seed=7,
+                                             export=str(tmp_path / "parent.npz")))
+  parent.run()
+  parent_meta = weights_io.load(tmp_path / "parent.npz")
+  options = _fast_options(tmp_path / "child", max_steps=0, init_weights=str(tmp_path / "parent.npz"))
+  child = trainer_lib.Trainer(options)
+  for name, variable in child.meta.variables_by_name.items():
+    np.testing.assert_array_equal(variable.numpy(), parent_meta.meta[name])
+  child.options.max_steps = 2
+  child.run()
+  out = child.export(tmp_path / "child.npz").resolve()
+  provenance = weights_io.load(out).provenance
+  assert provenance["init_weights"]["meta_steps"] == 3
+  assert provenance["cpu_hours_total"] == pytest.approx(
+      provenance["cpu_hours"] + parent_meta.provenance["cpu_hours"], abs=2e-4)
+  record = json.loads((tmp_path / "child" / "run_config.json").read_text())
+  assert record["init"]["weights"] == str(tmp_path / "parent.npz")
+  # Resume: the checkpoint wins over the flag (and over a file that no longer exists).
+  (tmp_path / "parent.npz").unlink()
+  resumed = trainer_lib.Trainer(_fast_options(tmp_path / "child", max_steps=2))
+  for name, variable in resumed.meta.variables_by_name.items():
+    np.testing.assert_array_equal(variable.numpy(), child.meta.variables_by_name[name].numpy())
+  assert weights_io.load(resumed.export(tmp_path / "again.npz")).provenance[
+      "cpu_hours_total"] == provenance["cpu_hours_total"]
+  with pytest.raises(ValueError, match="--init_weights.*another config"):
+    trainer_lib.Trainer(_fast_options(tmp_path / "x", config="stable", init_weights=str(out)))
+  with pytest.raises(ValueError, match="--init_weights.*does not exist"):
+    trainer_lib.Trainer(_fast_options(tmp_path / "y", init_weights=str(tmp_path / "none.npz")))
+  assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_resume_and_export_take_the_recorded_flags(tmp_path):
+  """`--train_dir DIR` alone resumes or exports a run made with non-default flags (before, the
+  default --config paper was refused against the run's stable record)."""
+  run = tmp_path / "run"
+  proc = _run_script(["--train_dir", str(run), "--config", "stable", "--problems", "bowl_k1",
+                      "--max_steps", "2", "--min_unroll_steps", "10", "--unroll_steps_scale",
+                      "10", "--max_unroll_steps", "32", "--meta_l2", "0.25"])
+  output = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, output
+  proc = _run_script(["--train_dir", str(run), "--export", str(tmp_path / "w.npz"),
+                      "--export_only"])
+  output = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, output
+  assert weights_io.load(tmp_path / "w.npz").config == config_lib.stable()
+  proc = _run_script(["--train_dir", str(run), "--max_steps", "3"])
+  output = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, output
+  assert "recorded flags" in output and "--config 'stable'" in output
+  resume = json.loads((run / checkpoints.RESUMES).read_text().splitlines()[-1])
+  assert resume["changed"] == {"max_steps": [2, 3]}
+  assert resume["options"]["problems"] == "bowl_k1" and resume["options"]["meta_l2"] == 0.25
+  assert len(checkpoints.read_history(run)) == 3
+
+
 def test_provenance_paths_are_relative_to_the_repository(tmp_path):
   assert trainer_lib.repo_relative(REPO / "meta_runs" / "x") == os.path.join("meta_runs", "x")
   assert trainer_lib.repo_relative(tmp_path / "run") == str(tmp_path / "run")
