@@ -82,8 +82,9 @@ class Report(NamedTuple):
 
 
 def _pack(theta, state: hrnn.State) -> tf.Tensor:
-  return tf.concat([tf.reshape(theta, [-1])] + [tf.reshape(getattr(state, f), [-1])
-                                                for f in _STATE_FIELDS], axis=0)
+  # float32 throughout: a bfloat16-stored state (lean) is linearised in float32.
+  return tf.concat([tf.reshape(theta, [-1])] + [
+      tf.reshape(tf.cast(getattr(state, f), tf.float32), [-1]) for f in _STATE_FIELDS], axis=0)
 
 
 def _unpack(z, template: hrnn.State, dim: int):
@@ -91,7 +92,7 @@ def _unpack(z, template: hrnn.State, dim: int):
   for f in _STATE_FIELDS:
     ref = getattr(template, f)
     size = int(np.prod(ref.shape))
-    values[f] = tf.reshape(z[offset:offset + size], ref.shape)
+    values[f] = tf.cast(tf.reshape(z[offset:offset + size], ref.shape), ref.dtype)
     offset += size
   return theta, template._replace(**values)
 

@@ -43,6 +43,16 @@ def test_deliberately_unstable_configurations_have_rho_above_one(unstable):
   assert not report.stable
 
 
+def test_lean_preset_with_bfloat16_state_is_analysed():
+  """The lean preset stores state in bfloat16; the analysis linearises it in float32 (it
+  failed with a dtype error in tf.concat before)."""
+  report = analyse(config_lib.lean())
+  assert report.stable and report.bounded[10] and np.isfinite(report.drift)
+  # theta (8) + per parameter 6 GRU units, 3 momenta, 3 mean squares, log step, nominal RMS
+  # (8 x 14) + Tensor and Global GRU (20 + 20).
+  assert report.eigenvalues.size == 8 + 8 * 14 + 40
+
+
 def test_jacobian_of_known_linear_dynamics(stable_report):
   """Untrained stable = AdamAggMo; its theta-block is 1 - d(update)/d(theta), inside (0, 1]."""
   report = stable_report
