@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -240,7 +241,15 @@ def main(argv):
       return 2
     trainer.export(options.export)
     return 0
+  def stop(signum, frame):   # finish the meta-step in flight, checkpoint, exit
+    logging.getLogger("train_meta").info(
+        "%s: stopping after this meta-step and checkpointing", signal.Signals(signum).name)
+    trainer.stop_requested = True
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, stop)
   trainer.run()
+  if trainer.stop_requested:
+    return 0
   if trainer.needs_fresh_process:
     # XLA's compiled executables are only released with the process: continue the run
     # (bit-exactly, from the checkpoint just written) in a fresh one.

@@ -458,6 +458,8 @@ class Trainer:
     self.estimator = estimators.build(options.estimator, self)
     self.needs_fresh_process = False
     self.init_record = None   # set by a warm start (--init_weights)
+    # Set (e.g. by a SIGTERM handler) to end run() after the current meta-step, checkpointed.
+    self.stop_requested = False
     global _START_UP_CLAIMED
     # The first trainer of a process counts from its start (imports, setup); a later one from
     # its own construction.
@@ -668,7 +670,8 @@ class Trainer:
                "strategy %s", self.step, o.max_steps, len(self.pool), self.num_replicas,
                o.strategy)
     try:
-      while (self.step < o.max_steps and (stop_after is None or done_here < stop_after)
+      while (self.step < o.max_steps and not self.stop_requested
+             and (stop_after is None or done_here < stop_after)
              and (stop_after_secs is None or time.time() - wall_start < stop_after_secs)):
         compiled = self.estimator.num_compiled()
         infos = self.estimator.step(coordinator)

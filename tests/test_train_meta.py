@@ -355,6 +355,25 @@ def test_warm_start_from_a_weights_file(tmp_path):
   assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_sigterm_checkpoints_and_exits(tmp_path):
+  """SIGTERM (or Ctrl-C) ends the run after the meta-step in flight, with a checkpoint at that
+  step: nothing since the last periodic checkpoint is lost (checkpoints are off here)."""
+  run = tmp_path / "run"
+  proc = _run_script(["--train_dir", str(run), "--problems", "bowl_k1", "--max_steps", "100000",
+                      "--min_unroll_steps", "10", "--unroll_steps_scale", "10",
+                      "--max_unroll_steps", "32", "--checkpoint_every_secs", "0"])
+  deadline = time.time() + 300
+  while time.time() < deadline and len(checkpoints.read_history(run)) < 3:
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  output = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, output
+  assert "SIGTERM: stopping" in output
+  steps = len(checkpoints.read_history(run))
+  assert 3 <= steps < 100000
+  assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{steps}")
+
+
 def test_resume_and_export_take_the_recorded_flags(tmp_path):
   """`--train_dir DIR` alone resumes or exports a run made with non-default flags (before, the
   default --config paper was refused against the run's stable record)."""
