@@ -233,7 +233,8 @@ _COMPILED: dict[tuple, Callable] = {}
 # taken) for every step, so big-data branches would slow down every problem of their group
 # (measured: 8 such problems in one function ran 40x slower per step than alone), and XLA's
 # compile time and memory grow faster than linearly with the branches (16 small branches:
-# 35 CPU-s; 24 composite ones: 160 CPU-s and 3.6 GB).
+# 35 CPU-s; 24 composite ones: 160 CPU-s and 3.6 GB). Networks (`Problem.compile_alone`) get a
+# group of their own too: a group of network structures did not finish compiling.
 MIN_ROWS = 64
 MAX_BRANCHES = 16
 HEAVY_DATA = 50_000
@@ -439,8 +440,10 @@ class Unroller:
     for problem in sorted({p.name: p for p in problems}.values(), key=lambda p: p.name):
       by_rows.setdefault(padded_rows(problem.num_params), []).append(problem)
     for rows in sorted(by_rows):
-      light = [p for p in by_rows[rows] if sum(_data_spec(p).sizes) <= HEAVY_DATA]
-      heavy = [p for p in by_rows[rows] if sum(_data_spec(p).sizes) > HEAVY_DATA]
+      def alone(p):
+        return getattr(p, "compile_alone", False) or sum(_data_spec(p).sizes) > HEAVY_DATA
+      light = [p for p in by_rows[rows] if not alone(p)]
+      heavy = [p for p in by_rows[rows] if alone(p)]
       chunks = [light[i:i + MAX_BRANCHES] for i in range(0, len(light), MAX_BRANCHES)]
       for members in chunks + [[p] for p in heavy]:
         group = _Group(members)

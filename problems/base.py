@@ -146,6 +146,10 @@ class Problem:
     self.name = name
     self.family = family
     self.batch_size = batch_size
+    # Compile this problem in a function of its own, never in a shared size group
+    # (meta/unroll.py `Unroller._plan`): a network's loss graph is large, and a group of them
+    # multiplies the compile and the per-step cost of every member.
+    self.compile_alone = family == NEURAL_NETWORK
     self.noise_stdev = float(noise_stdev)
     self.transform = transform
     self.minimum = float(minimum)

@@ -54,11 +54,16 @@ def test_sample_covers_every_family_and_shares_one_group():
     ("stable", "xla", "paper_pair"), ("paper", "function", "paper"),
     ("stable", "function", "nets"), ("stable", "function", "nets_batch"),
     pytest.param("stable", "xla", "paper", marks=pytest.mark.slow)])
-def test_bucketed_unroll_matches_per_problem_unroll(config_name, mode, sample):
+def test_bucketed_unroll_matches_per_problem_unroll(config_name, mode, sample, monkeypatch):
   config = config_lib.get(config_name)
   pool = {"paper": SAMPLE, "paper_pair": [SAMPLE[0], SAMPLE[-1]],
           "nets": [problems.get(name) for name in NETS],
           "nets_batch": [problems.get(name) for name in NETS]}[sample]
+  if sample.startswith("nets"):
+    # Networks compile alone by default; grouped here, to hold the switch over network
+    # branches (int32 token data, per-instance scales) to the per-problem unroll.
+    for problem in pool:
+      monkeypatch.setattr(problem, "compile_alone", False)
   meta_loss = "batch" if sample == "nets_batch" else "full"
   meta = hrnn.MetaParams(config, seed=1).as_dict()
   per_problem = unroll_lib.Unroller(config, max_steps=12, mode=mode, meta_loss=meta_loss)
@@ -188,6 +193,18 @@ def test_default_ensemble_compiles_into_a_few_functions():
     group = unroller.group_for(problem)
     assert problem.name in group.index
     assert group.rows == unroll_lib.padded_rows(problem.num_params)
+
+
+def test_networks_compile_alone_and_the_paper_set_still_groups():
+  """--problems mix with --compile_by bucket: each network its own function (a group of them
+  did not finish compiling), the §4.1 problems in their size groups as before."""
+  nets = [problems.get(name) for name in NETS]
+  unroller = unroll_lib.Unroller(config_lib.stable(), max_steps=8, compile_by="bucket",
+                                 problems=SAMPLE + nets)
+  for problem in nets:
+    assert [p.name for p in unroller.group_for(problem).problems] == [problem.name]
+  assert unroller.num_groups() == 1 + len(nets)
+  assert all(not p.compile_alone for p in problems.default_problems())
 
 
 def test_problem_outside_the_pool_gets_a_group_of_its_own():
