@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 from absl import app, flags
@@ -67,6 +68,22 @@ def read_history(train_dir: str, column: str = "meta_loss",
           np.array([float(r[column]) for r in rows]))
 
 
+def warm_start_offset(train_dir: str, x: str) -> tuple[float, str]:
+  """(x offset, label) of a warm-started run (--init_weights): on the CPU-hours axis its
+  curve starts at the CPU its parent took (run_config.json's "init"), so runs compare at equal
+  total CPU; on the other axes it starts at 0."""
+  try:
+    with open(os.path.join(train_dir, "run_config.json")) as f:
+      init = json.load(f).get("init")
+  except (OSError, ValueError):
+    return 0.0, ""
+  if not init:
+    return 0.0, ""
+  hours = init.get("cpu_hours_total", init.get("cpu_hours")) or 0.0
+  label = f", from {init.get('weights')} @ {init.get('meta_steps')}"
+  return (float(hours) if x == "cpu_hours" else 0.0), label
+
+
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
   """Trailing mean over `window` entries, ignoring non-finite ones (a diverged unroll's
   meta-loss is inf); NaN until the window fills, or where it holds no finite value."""
@@ -90,11 +107,13 @@ def main(argv):
   averages = []
   for run in FLAGS.runs:
     steps, losses = read_history(run, FLAGS.column, FLAGS.x)
+    offset, warm = warm_start_offset(run, FLAGS.x)
+    steps = steps + offset
     line, = ax.plot(steps, np.where(np.isfinite(losses), losses, np.nan), alpha=0.15)
     averages.append(moving_average(losses, FLAGS.window))
     ax.plot(steps, averages[-1], color=line.get_color(),
             marker="o" if len(steps) <= 200 else None, markersize=4,   # few points: visible
-            label=f"{os.path.basename(os.path.normpath(run))} ({len(steps)} points)")
+            label=f"{os.path.basename(os.path.normpath(run))} ({len(steps)} points{warm})")
     finite = np.isfinite(losses)
     print(f"{run}: {len(steps)} rows with {FLAGS.column} ({np.sum(~finite)} non-finite), mean "
           f"{FLAGS.column} first/last {FLAGS.window}: {losses[:FLAGS.window][finite[:FLAGS.window]].mean():.3f}"
