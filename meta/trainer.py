@@ -458,6 +458,8 @@ class Trainer:
     self.estimator = estimators.build(options.estimator, self)
     self.needs_fresh_process = False
     self.init_record = None   # set by a warm start (--init_weights)
+    # The commit of the code this process runs (read now: HEAD may move while it trains).
+    self.code_commit = git_commit()
     # Set (e.g. by a SIGTERM handler) to end run() after the current meta-step, checkpointed.
     self.stop_requested = False
     global _START_UP_CLAIMED
@@ -781,7 +783,7 @@ class Trainer:
         "config_preset": self.options.config, "meta_steps": self.step,
         "wall_time_secs": float(self.train_state.wall_time.numpy()),
         "cpu_hours": round(float(self.train_state.cpu_time.numpy()) / 3600.0, 4),
-        "git_commit": git_commit(), "train_dir": repo_relative(self.train_dir),
+        "git_commit": self.code_commit, "train_dir": repo_relative(self.train_dir),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **init, **(extra_provenance or {}),
     }
