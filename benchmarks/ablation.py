@@ -40,7 +40,7 @@ from learned_opt import weights as weights_lib
 from meta import checkpoints
 from meta.plot_history import moving_average
 
-DEFAULT_ARMS = "paper=meta_runs/paper:paper,stable=meta_runs/stable:default"
+DEFAULT_ARMS = "paper=meta_runs/paper:paper,stable=meta_runs/stable:stable"
 
 
 @dataclasses.dataclass(frozen=True)

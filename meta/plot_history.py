@@ -80,7 +80,8 @@ def warm_start_offset(train_dir: str, x: str) -> tuple[float, str]:
   if not init:
     return 0.0, ""
   hours = init.get("cpu_hours_total", init.get("cpu_hours")) or 0.0
-  label = f", from {init.get('weights')} @ {init.get('meta_steps')}"
+  parent = init.get("train_dir") or init.get("weights") or "?"
+  label = f", from {os.path.basename(os.path.normpath(parent))} @ {init.get('meta_steps')}"
   return (float(hours) if x == "cpu_hours" else 0.0), label
 
 
@@ -132,7 +133,7 @@ def main(argv):
   ax.set_ylabel("meta-loss (eq. 14; lower is better)" if FLAGS.column == "meta_loss"
                 else f"{FLAGS.column} (lower is better)")
   ax.set_title(f"meta-training history ({FLAGS.window}-step moving average)")
-  ax.legend(loc="upper right")
+  ax.legend(loc="best", fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   fig.savefig(FLAGS.out, dpi=120)

@@ -46,7 +46,7 @@ def test_parse_arms():
   arms = ablation.parse_arms("paper=meta_runs/paper:paper,stable=/abs/dir:/w/x.npz")
   assert arms == [ablation.Arm("paper", "meta_runs/paper", "paper"),
                   ablation.Arm("stable", "/abs/dir", "/w/x.npz")]
-  assert ablation.parse_arms(ablation.DEFAULT_ARMS)[1].weights == "default"
+  assert ablation.parse_arms(ablation.DEFAULT_ARMS)[1].weights == "stable"
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -91,9 +91,10 @@ def test_warm_started_run_starts_at_its_parents_cpu_hours(tmp_path):
   write_history(run, [-0.1])
   assert plot_history.warm_start_offset(str(run), "cpu_hours") == (0.0, "")   # no record
   (run / "run_config.json").write_text(
-      '{"options": {}, "init": {"weights": "a/best.npz", "meta_steps": 7, "cpu_hours": 1.5}}')
+      '{"options": {}, "init": {"weights": "runs/a/exports/best.npz", "train_dir": "runs/a", '
+      '"meta_steps": 7, "cpu_hours": 1.5}}')
   offset, label = plot_history.warm_start_offset(str(run), "cpu_hours")
-  assert offset == 1.5 and "a/best.npz @ 7" in label
+  assert offset == 1.5 and "from a @ 7" in label
   assert plot_history.warm_start_offset(str(run), "step")[0] == 0.0
   (run / "run_config.json").write_text(
       '{"init": {"weights": "b.npz", "cpu_hours": 0.5, "cpu_hours_total": 2.0}}')
