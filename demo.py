@@ -70,9 +70,11 @@ def describe_weights(optimizer) -> str:
     return "untrained initialisation (no meta-trained weights)"
   parts = [f"config '{p['config_preset']}'" if p.get("config_preset") else "weights file"]
   if p.get("meta_steps") is not None:
-    parts.append(f"{p['meta_steps']:,} meta-steps")
-  if p.get("cpu_hours") is not None:
-    parts.append(f"{p['cpu_hours']:.1f} CPU-hours of meta-training")
+    parent = (p.get("init_weights") or {}).get("meta_steps") or 0   # a warm-started run's
+    parts.append(f"{p['meta_steps'] + parent:,} meta-steps")
+  hours = p.get("cpu_hours_total", p.get("cpu_hours"))
+  if hours is not None:
+    parts.append(f"{hours:.2f} CPU-hours of meta-training")
   options = p.get("options") or {}
   if options.get("problems"):
     parts.append(f"problems '{options['problems']}'")
