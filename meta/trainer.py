@@ -517,12 +517,9 @@ class Trainer:
       self._record_run_config(restored)
 
   def _warm_start(self) -> None:
-    """Sets the meta-parameters of a fresh run from --init_weights (checked in validate())."""
+    """Sets the meta-parameters of a fresh run from --init_weights (checked in validate();
+    the loader refuses a file whose meta-parameters do not match the config)."""
     loaded = weights_lib.load(self.options.init_weights, self.config)
-    missing = sorted(set(self.meta.variables_by_name) - set(loaded.meta))
-    if missing:
-      raise ValueError(f"--init_weights {self.options.init_weights} lacks meta-parameters "
-                       f"{missing}")
     for name, variable in self.meta.variables_by_name.items():
       variable.assign(loaded.meta[name])
     parent = loaded.provenance or {}
@@ -768,16 +765,14 @@ class Trainer:
     options = dataclasses.asdict(self.options)
     if self.read_only and self.recorded:
       options = self.recorded.get("options", options)   # the run's flags, not the exporter's
-    options = {**options, **{k: repo_relative(options[k]) for k in ("train_dir", "export")
-                             if options.get(k)}}
+    options = {**options, **{k: repo_relative(options[k])
+                             for k in ("train_dir", "export", "init_weights") if options.get(k)}}
     init = {}
     record = self.init_record or (self.recorded or {}).get("init")
     if record:
       parent_hours = record.get("cpu_hours_total", record.get("cpu_hours")) or 0.0
       init = {"init_weights": record, "cpu_hours_total": round(
           float(self.train_state.cpu_time.numpy()) / 3600.0 + parent_hours, 4)}
-    options = {**options, **({"init_weights": repo_relative(options["init_weights"])}
-                             if options.get("init_weights") else {})}
     provenance = {
         "trainer": "train_meta.py", "options": options,
         "config_preset": self.options.config, "meta_steps": self.step,

@@ -439,9 +439,9 @@ class Unroller:
     by_rows: dict[int, list] = {}
     for problem in sorted({p.name: p for p in problems}.values(), key=lambda p: p.name):
       by_rows.setdefault(padded_rows(problem.num_params), []).append(problem)
+    def alone(p):
+      return getattr(p, "compile_alone", False) or sum(_data_spec(p).sizes) > HEAVY_DATA
     for rows in sorted(by_rows):
-      def alone(p):
-        return getattr(p, "compile_alone", False) or sum(_data_spec(p).sizes) > HEAVY_DATA
       light = [p for p in by_rows[rows] if not alone(p)]
       heavy = [p for p in by_rows[rows] if alone(p)]
       chunks = [light[i:i + MAX_BRANCHES] for i in range(0, len(light), MAX_BRANCHES)]
