@@ -182,7 +182,8 @@ flags.DEFINE_integer("validate_every", _D.validate_every, "Run the validation su
 flags.DEFINE_integer("validation_steps", _D.validation_steps, "Optimizer steps per validation "
                      "task.")
 flags.DEFINE_string("validation_tasks", _D.validation_tasks, "Comma-separated validation task "
-                    "names (meta/validation.py); empty: all 10.")
+                    "names (meta/validation.py); empty or 'v2': all 14; 'v1': the "
+                    "first 10 (the suite of runs before 2026-12-03).")
 flags.DEFINE_string("export", "", "Write a weights file here at the end (learned_opt format).")
 flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --train_dir "
                   "to --export. Writes nothing in --train_dir, so it is safe while a run "

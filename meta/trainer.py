@@ -747,6 +747,11 @@ class Trainer:
       _scalar("validation/score", result["score"])
       for name, task in result["tasks"].items():
         _scalar(f"validation/log_ratio/{name}", task["log_ratio"])
+    archived = validation.archive_incomparable(self.train_dir, result["tasks"],
+                                               self.options.validation_steps)
+    if archived is not None:
+      log.warning("exports/best.npz was scored on another validation suite; kept as %s",
+                  archived.with_suffix(".npz"))
     record = validation.best_record(self.train_dir)
     better = validation.is_better(result["score"], record)
     log.info("validation at meta-step %d: score %+.4f (best %s)%s", info["step"],

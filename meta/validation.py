@@ -211,12 +211,18 @@ def suite() -> list[base.Problem]:
   ]
 
 
+VERSION_1_COUNT = 10   # suite()[:10] is version 1, the rule of the runs before 2026-12-03
+
+
 def select(names: str | Sequence[str] = "") -> list[base.Problem]:
-  """The suite, or the named subset of it (comma-separated string or list)."""
+  """The suite, or the named subset of it (comma-separated string or list); "v1" names
+  version 1 (the first 10 tasks), "v2" or "" the whole current suite."""
   tasks = suite()
   if isinstance(names, str):
     names = [n.strip() for n in names.split(",") if n.strip()]
-  if not names:
+  if list(names) == ["v1"]:
+    return tasks[:VERSION_1_COUNT]
+  if not names or list(names) == ["v2"]:
     return tasks
   by_name = {t.name: t for t in tasks}
   unknown = [n for n in names if n not in by_name]
@@ -331,6 +337,29 @@ def best_record(train_dir) -> dict | None:
   if not path.exists():
     return None
   return json.loads(path.read_text())
+
+
+def comparable(record: dict | None, tasks, steps: int) -> bool:
+  """Whether a best.json record was scored on the same tasks and steps (scores of different
+  suites, e.g. version 1's 10 tasks and version 2's 14, are not comparable)."""
+  return (record is not None and set(record.get("tasks", {})) == set(tasks)
+          and int(record.get("validation_steps", steps)) == int(steps))
+
+
+def archive_incomparable(train_dir, tasks, steps: int) -> Path | None:
+  """Renames exports/best.{npz,json} to best_<tasks>tasks_<steps>steps.{npz,json} when the
+  record was scored on another suite, so that a new best under this suite never overwrites
+  it; returns the archived .json path, or None if nothing was moved."""
+  record = best_record(train_dir)
+  if record is None or comparable(record, tasks, steps):
+    return None
+  exports = Path(train_dir) / BEST_DIR
+  stem = f"best_{len(record.get('tasks', {}))}tasks_{record.get('validation_steps', 'n')}steps"
+  for suffix in (".npz", ".json"):
+    source = exports / (Path(BEST_FILE).stem + suffix)
+    if source.exists():
+      os.replace(source, exports / (stem + suffix))
+  return exports / (stem + ".json")
 
 
 def is_better(score: float, record: dict | None) -> bool:

@@ -251,9 +251,11 @@ def test_overlap_test_would_catch_a_shared_source():
 
 # ---- validation suite -------------------------------------------------------------------------
 
-def test_validation_suite_has_ten_generated_tasks():
+def test_validation_suite_has_generated_tasks_deep_ones_included():
   tasks = validation.suite()
-  assert len(tasks) >= 10 and len({t.name for t in tasks}) == len(tasks)
+  assert len(tasks) == 14 and len({t.name for t in tasks}) == len(tasks)
+  depths = sorted(len(t.hidden) for t in tasks if isinstance(t, validation.NetProblem))
+  assert depths[-4:] == [4, 6, 8, 8]   # version 2's deep networks
   for task in tasks:
     data = task.sample_data(validation.DATA_SEED)
     assert all(np.isfinite(v).all() for v in data.values())
@@ -273,6 +275,10 @@ def test_select_names_unknown_tasks():
   assert [p.name for p in validation.select("val_sine_mlp2_tanh")] == ["val_sine_mlp2_tanh"]
   with pytest.raises(ValueError, match="val_nope"):
     validation.select("val_nope")
+  assert [p.name for p in validation.select("v1")] == [p.name for p in validation.suite()[:10]]
+  names = lambda spec: [p.name for p in validation.select(spec)]
+  assert names("v2") == names("") and len(names("")) == 14
+  assert all(len(getattr(p, "hidden", ())) <= 2 for p in validation.select("v1"))
 
 
 @pytest.mark.slow
@@ -326,6 +332,33 @@ def test_train_meta_validates_and_keeps_best(tmp_path, monkeypatch):
   again = validation.Validator(config_lib.get("stable"), run, steps=10,
                                problems=validation.select("val_sine_mlp2_tanh"))
   assert again.references["val_sine_mlp2_tanh"] == pytest.approx(task["adam"])
+
+
+def test_best_scored_on_another_suite_is_kept_not_compared(tmp_path):
+  """A run resumed under a changed validation suite (other tasks or steps) does not compare
+  scores across suites: the old best.npz/json move to an archived name, a new best starts."""
+  options = dict(train_dir=str(tmp_path / "run"), config="stable", problems="quadratic_d25",
+                 min_unroll_steps=5, unroll_steps_scale=0, max_unroll_steps=8,
+                 num_unrolls_scale=1, checkpoint_every_secs=0, validate_every=2,
+                 validation_steps=10, validation_tasks="val_sine_mlp2_tanh")
+  trainer_lib.Trainer(trainer_lib.Options(max_steps=2, **options)).run()
+  exports = tmp_path / "run" / "exports"
+  first = (exports / "best.npz").read_bytes()
+  old = json.loads((exports / "best.json").read_text())
+  # Fake a much better old score: without the suite check, nothing could ever beat it.
+  old["score"] = -1e9
+  (exports / "best.json").write_text(json.dumps(old))
+  options["validation_tasks"] = "val_sine_mlp2_tanh,val_polynomial_mlp1_relu"
+  trainer_lib.Trainer(trainer_lib.Options(max_steps=4, **options)).run()
+  archived = exports / "best_1tasks_10steps"
+  assert archived.with_suffix(".npz").read_bytes() == first
+  assert json.loads(archived.with_suffix(".json").read_text())["score"] == -1e9
+  record = json.loads((exports / "best.json").read_text())
+  assert set(record["tasks"]) == {"val_sine_mlp2_tanh", "val_polynomial_mlp1_relu"}
+  assert record["meta_step"] == 4 and math.isfinite(record["score"])
+  assert not validation.comparable(old, record["tasks"], 10)
+  assert validation.comparable(record, record["tasks"], 10)
+  assert not validation.comparable(record, record["tasks"], 20)
 
 
 def test_validation_command_scores_weights_files(tmp_path, capsys):
