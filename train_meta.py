@@ -184,6 +184,11 @@ flags.DEFINE_integer("validation_steps", _D.validation_steps, "Optimizer steps p
 flags.DEFINE_string("validation_tasks", _D.validation_tasks, "Comma-separated validation task "
                     "names (meta/validation.py); empty or 'v2': all 14; 'v1': the "
                     "first 10 (the suite of runs before 2026-12-03).")
+flags.DEFINE_integer("guard_steps", _D.guard_steps, "Long-horizon guard: a new best "
+                     "validation score is exported only if the optimizer also stays finite, "
+                     "spike-free and without a climbing step length for this many steps on "
+                     "three validation tasks (meta/validation.py). -1: 10 x "
+                     "--validation_steps; 0: off.")
 flags.DEFINE_string("export", "", "Write a weights file here at the end (learned_opt format).")
 flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --train_dir "
                   "to --export. Writes nothing in --train_dir, so it is safe while a run "

@@ -137,6 +137,12 @@ class Options:
   validate_every: int = 0
   validation_steps: int = 300
   validation_tasks: str = ""      # comma-separated names from meta/validation.py; "" = all
+  # Long-horizon guard (meta/validation.py's LongHorizonGuard) a new best must pass before it
+  # is exported: steps per guard task; -1: 10 x validation_steps; 0: off.
+  guard_steps: int = -1
+
+  def effective_guard_steps(self) -> int:
+    return 10 * self.validation_steps if self.guard_steps < 0 else self.guard_steps
 
   def validate(self) -> None:
     """Raises ValueError naming the bad option (before any work)."""
@@ -196,6 +202,9 @@ class Options:
     need(self.validate_every >= 0, f"--validate_every must be >= 0, got {self.validate_every}")
     need(self.validation_steps >= 1,
          f"--validation_steps must be >= 1, got {self.validation_steps}")
+    need(self.guard_steps in (-1, 0) or self.guard_steps >= 10,
+         f"--guard_steps must be -1 (10 x --validation_steps), 0 (off) or >= 10, "
+         f"got {self.guard_steps}")
     if not errors and self.init_weights:
       try:
         weights_lib.load(self.init_weights, config_lib.get(self.config))
@@ -747,8 +756,9 @@ class Trainer:
       _scalar("validation/score", result["score"])
       for name, task in result["tasks"].items():
         _scalar(f"validation/log_ratio/{name}", task["log_ratio"])
+    guard_steps = self.options.effective_guard_steps()
     archived = validation.archive_incomparable(self.train_dir, result["tasks"],
-                                               self.options.validation_steps)
+                                               self.options.validation_steps, guard_steps)
     if archived is not None:
       log.warning("exports/best.npz was scored on another validation suite; kept as %s",
                   archived.with_suffix(".npz"))
@@ -756,11 +766,27 @@ class Trainer:
     better = validation.is_better(result["score"], record)
     log.info("validation at meta-step %d: score %+.4f (best %s)%s", info["step"],
              result["score"], "none" if record is None else f"{record['score']:+.4f}",
-             "  -> exports/best.npz" if better else "")
+             "  (new best: guard next)" if better and guard_steps
+             else "  -> exports/best.npz" if better else "")
+    guard = None
+    if better and guard_steps:
+      if getattr(self, "_guard", None) is None:
+        self._guard = validation.LongHorizonGuard(self.config, guard_steps)
+      guard = self._guard({k: v.numpy() for k, v in self.meta.variables_by_name.items()})
+      validation.append_guard_log(self.train_dir, info["step"], result["score"], guard)
+      if guard["passed"]:
+        log.info("long-horizon guard (%d steps) passed -> exports/best.npz", guard_steps)
+      else:
+        log.warning("meta-step %d scores %+.4f but fails the long-horizon guard (%d steps): "
+                    "%s; not exported", info["step"], result["score"], guard_steps,
+                    validation.guard_summary(guard))
+        better = False
     if better:
       summary = {"score": result["score"], "meta_step": info["step"],
                  "rule": "mean ln(final loss / Adam(2e-3)) over meta/validation.py's suite",
                  "validation_steps": self.options.validation_steps, "tasks": result["tasks"]}
+      if guard is not None:
+        summary["guard"] = guard
       exports = self.train_dir / validation.BEST_DIR
       self.export(exports / validation.BEST_FILE, extra_provenance={"validation": summary})
       checkpoints.write_json_atomic(exports / validation.BEST_RECORD, summary)

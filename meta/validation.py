@@ -48,6 +48,12 @@ ADAM_LR, ADAM_BETAS, ADAM_EPS = 2e-3, (0.9, 0.999), 1e-7
 INITIAL_LR = 1e-3
 DATA_SEED, INIT_SEED, STEP_SEED = 1701, 1702, (17, 1703)
 DEFAULT_STEPS = 300
+# The long-horizon guard (see `long_horizon_guard`): a new best must also survive this.
+GUARD_TASKS = ("val_two_spirals_mlp2_tanh", "val_sine_mlp2_tanh", "val_checkerboard_mlp2_relu")
+GUARD_READS = 10              # the loss and step length are read after each tenth of the run
+GUARD_SPIKE = 10.0            # a chunk's loss above 10x the lowest loss before it is a spike
+GUARD_DRIFT = math.log(10.0)  # the mean log step length may not climb more than this above its
+                              # value after the first chunk (learned_opt.stability's drift bound)
 
 
 # ---- the tasks --------------------------------------------------------------------------------
@@ -332,6 +338,105 @@ class Validator:
     return {"score": score, "tasks": tasks}
 
 
+# ---- the long-horizon guard -------------------------------------------------------------------
+
+def long_horizon_run(problem, meta, config, data, steps: int,
+                     unroller: unroll_lib.Unroller, chunk: int) -> dict:
+  """Runs the learned optimizer `steps` steps forward-only on one validation task, in chunks of
+  `chunk` steps, and reads the full-data loss and the mean log step length after each chunk.
+
+  Returns {"losses": [...], "log_lr": [...], "finite": bool, "spike": max over chunks of
+  loss / lowest earlier loss, "drift": max over chunks of mean log step length minus its value
+  after the first chunk}."""
+  layout = hrnn.Layout(problem.param_shapes())
+  state = hrnn.init_state(meta, layout, config, math.log(INITIAL_LR))
+  carry = unroll_lib.start_carry(problem, meta, config, data, INIT_SEED, [0, 0], state=state)
+  losses, log_lr, finite = [], [], True
+  for c in range(max(1, steps // chunk)):
+    out = unroller(problem, meta, carry, data, chunk, [STEP_SEED[0], STEP_SEED[1] + 7919 * c],
+                   compute_gradients=False)
+    if not bool(out.finite) or int(out.steps) < chunk or not math.isfinite(float(out.final_loss)):
+      finite = False
+      break
+    losses.append(float(out.final_loss))
+    log_lr.append(float(out.log_lr_mean))
+    carry = out.carry
+  spike = max([losses[i] / max(min(losses[:i]), 1e-30) for i in range(1, len(losses))],
+              default=1.0)
+  drift = max([v - log_lr[0] for v in log_lr[1:]], default=0.0)
+  return {"losses": losses, "log_lr": log_lr, "finite": finite, "spike": float(spike),
+          "drift": float(drift), "chunk": int(chunk)}
+
+
+def run_passes(run: dict) -> bool:
+  return run["finite"] and run["spike"] <= GUARD_SPIKE and run["drift"] <= GUARD_DRIFT
+
+
+class LongHorizonGuard:
+  """The check a new best must pass before it is exported: on GUARD_TASKS, `steps` steps
+  (10x the validation horizon by default) from the validation instance, the learned optimizer
+  must stay finite, never end a tenth of the run at more than GUARD_SPIKE x its lowest loss
+  so far, and its mean log step length must not climb more than GUARD_DRIFT above its value
+  after the first tenth. A validation score at 1,000 steps cannot see an optimizer whose step length keeps
+  growing (the 2026-12-05 candidates blew up after ~1,000-5,000 steps of model.fit); this
+  costs ~1 CPU-s per 1,000 steps per task and runs only when the score is a new best."""
+
+  def __init__(self, config, steps: int, tasks: Sequence[str] = GUARD_TASKS,
+               mode: str = "xla"):
+    if steps < GUARD_READS:
+      raise ValueError(f"guard steps must be >= {GUARD_READS}, got {steps}")
+    self.config, self.steps = config, int(steps)
+    self.chunk = self.steps // GUARD_READS
+    self.problems = select(list(tasks))
+    self.unroller = unroll_lib.Unroller(config, max_steps=self.chunk, mode=mode)
+    self._data = {p.name: unroll_lib.data_tensors(p.sample_data(DATA_SEED))
+                  for p in self.problems}
+
+  def __call__(self, meta) -> dict:
+    """{"passed": bool, "steps": int, "tasks": {name: run dict + "passed"}}."""
+    meta = {k: tf.convert_to_tensor(v) for k, v in dict(meta).items()}
+    tasks = {}
+    for problem in self.problems:
+      run = long_horizon_run(problem, meta, self.config, self._data[problem.name], self.steps,
+                             self.unroller, self.chunk)
+      tasks[problem.name] = {**run, "passed": run_passes(run)}
+    return {"passed": all(t["passed"] for t in tasks.values()), "steps": self.steps,
+            "tasks": tasks}
+
+
+GUARD_LOG = "guard.jsonl"
+
+
+def append_guard_log(train_dir, meta_step: int, score: float, result: dict) -> None:
+  """One JSON line per guarded candidate (passed or not) in train_dir/exports/guard.jsonl."""
+  path = Path(train_dir) / BEST_DIR / GUARD_LOG
+  path.parent.mkdir(parents=True, exist_ok=True)
+  line = {"meta_step": int(meta_step), "score": float(score), "passed": result["passed"],
+          "steps": result["steps"], "why": guard_summary(result),
+          "tasks": {n: {k: t[k] for k in ("finite", "spike", "drift")} | {
+              "final_loss": t["losses"][-1] if t["losses"] else None}
+              for n, t in result["tasks"].items()}}
+  with open(path, "a") as f:
+    f.write(json.dumps(line) + "\n")
+
+
+def guard_summary(result: dict) -> str:
+  """One line per failing task, e.g. 'val_sine_mlp2_tanh: drift +3.10 > 2.30'."""
+  lines = []
+  for name, t in result["tasks"].items():
+    if t["passed"]:
+      continue
+    why = []
+    if not t["finite"]:
+      why.append(f"non-finite after {len(t['losses']) * t['chunk']} steps")
+    if t["spike"] > GUARD_SPIKE:
+      why.append(f"spike x{t['spike']:.3g} > x{GUARD_SPIKE:g}")
+    if t["drift"] > GUARD_DRIFT:
+      why.append(f"drift {t['drift']:+.2f} > {GUARD_DRIFT:.2f}")
+    lines.append(f"{name}: " + ", ".join(why))
+  return "; ".join(lines) or "passed"
+
+
 def best_record(train_dir) -> dict | None:
   path = Path(train_dir) / BEST_DIR / BEST_RECORD
   if not path.exists():
@@ -339,22 +444,29 @@ def best_record(train_dir) -> dict | None:
   return json.loads(path.read_text())
 
 
-def comparable(record: dict | None, tasks, steps: int) -> bool:
-  """Whether a best.json record was scored on the same tasks and steps (scores of different
-  suites, e.g. version 1's 10 tasks and version 2's 14, are not comparable)."""
+def record_guard_steps(record: dict) -> int:
+  return int((record.get("guard") or {}).get("steps", 0))
+
+
+def comparable(record: dict | None, tasks, steps: int, guard_steps: int = 0) -> bool:
+  """Whether a best.json record was scored on the same tasks and steps, and chosen under the
+  same long-horizon guard (scores of different suites, e.g. version 1's 10 tasks and version
+  2's 14, are not comparable, and a best chosen without the guard is not one chosen with it)."""
   return (record is not None and set(record.get("tasks", {})) == set(tasks)
-          and int(record.get("validation_steps", steps)) == int(steps))
+          and int(record.get("validation_steps", steps)) == int(steps)
+          and record_guard_steps(record) == int(guard_steps))
 
 
-def archive_incomparable(train_dir, tasks, steps: int) -> Path | None:
-  """Renames exports/best.{npz,json} to best_<tasks>tasks_<steps>steps.{npz,json} when the
-  record was scored on another suite, so that a new best under this suite never overwrites
-  it; returns the archived .json path, or None if nothing was moved."""
+def archive_incomparable(train_dir, tasks, steps: int, guard_steps: int = 0) -> Path | None:
+  """Renames exports/best.{npz,json} to best_<tasks>tasks_<steps>steps[_guard<n>].{npz,json}
+  when the record was scored on another suite or guard, so that a new best under this suite
+  never overwrites it; returns the archived .json path, or None if nothing was moved."""
   record = best_record(train_dir)
-  if record is None or comparable(record, tasks, steps):
+  if record is None or comparable(record, tasks, steps, guard_steps):
     return None
   exports = Path(train_dir) / BEST_DIR
   stem = f"best_{len(record.get('tasks', {}))}tasks_{record.get('validation_steps', 'n')}steps"
+  stem += f"_guard{record_guard_steps(record)}" if record_guard_steps(record) else "_unguarded"
   for suffix in (".npz", ".json"):
     source = exports / (Path(BEST_FILE).stem + suffix)
     if source.exists():
@@ -413,11 +525,42 @@ def main(argv=None) -> None:
   parser.add_argument("--tasks", default="", help="comma-separated subset of the suite")
   parser.add_argument("--cache_dir", default=None,
                       help="directory for the Adam references (validation_reference.json)")
+  parser.add_argument("--guard_steps", type=int, default=0,
+                      help="also run the long-horizon guard for this many steps (e.g. 10000)")
   args = parser.parse_args(argv)
   if args.steps < 1:
     parser.error(f"--steps must be >= 1, got {args.steps}")
+  if args.guard_steps and args.guard_steps < GUARD_READS:
+    parser.error(f"--guard_steps must be 0 or >= {GUARD_READS}, got {args.guard_steps}")
   table, _ = score_table(args.weights, args.steps, args.tasks, args.cache_dir)
   print(table)
+  if args.guard_steps:
+    print()
+    print(guard_table(args.weights, args.guard_steps))
+
+
+def guard_table(specs: Sequence[str], steps: int) -> str:
+  """Markdown table of the long-horizon guard per weights spec and guard task."""
+  lines = [f"long-horizon guard, {steps} steps: max spike (x lowest earlier loss, limit "
+           f"{GUARD_SPIKE:g}) / drift of the mean log step length (limit {GUARD_DRIFT:.2f}) / "
+           "final loss", "",
+           "| weights | passed | " + " | ".join(GUARD_TASKS) + " |",
+           "|---|---|" + "---|" * len(GUARD_TASKS)]
+  guards = {}
+  for spec in specs:
+    label, config, meta = weights_meta(spec)
+    key = config.to_json()
+    if key not in guards:
+      guards[key] = LongHorizonGuard(config, steps)
+    result = guards[key](meta)
+    cells = []
+    for name in GUARD_TASKS:
+      t = result["tasks"][name]
+      final = f"{t['losses'][-1]:.3g}" if t["finite"] else "non-finite"
+      cells.append(f"x{t['spike']:.3g} / {t['drift']:+.2f} / {final}")
+    lines.append(f"| {label} | {'yes' if result['passed'] else 'NO'} | " + " | ".join(cells)
+                 + " |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
