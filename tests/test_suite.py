@@ -324,6 +324,11 @@ def test_train_meta_validates_and_keeps_best(tmp_path, monkeypatch):
   assert record["meta_step"] in (2, 4)
   loaded = weights_lib.load(str(best))
   assert loaded.provenance["validation"]["score"] == pytest.approx(record["score"])
+  # The long-horizon guard ran on the new best (default: 10 x validation_steps = 100 steps).
+  assert record["guard"]["passed"] and record["guard"]["steps"] == 100
+  assert set(record["guard"]["tasks"]) == set(validation.GUARD_TASKS)
+  guard_lines = (run / "exports" / validation.GUARD_LOG).read_text().splitlines()
+  assert [json.loads(line)["meta_step"] for line in guard_lines] == [record["meta_step"]]
   task = record["tasks"]["val_sine_mlp2_tanh"]
   assert task["log_ratio"] == pytest.approx(math.log(task["learned"] / task["adam"]))
   # The Adam reference is cached in the run directory: a resumed run does not recompute it.
@@ -350,15 +355,83 @@ def test_best_scored_on_another_suite_is_kept_not_compared(tmp_path):
   (exports / "best.json").write_text(json.dumps(old))
   options["validation_tasks"] = "val_sine_mlp2_tanh,val_polynomial_mlp1_relu"
   trainer_lib.Trainer(trainer_lib.Options(max_steps=4, **options)).run()
-  archived = exports / "best_1tasks_10steps"
+  archived = exports / "best_1tasks_10steps_guard100"
   assert archived.with_suffix(".npz").read_bytes() == first
   assert json.loads(archived.with_suffix(".json").read_text())["score"] == -1e9
   record = json.loads((exports / "best.json").read_text())
   assert set(record["tasks"]) == {"val_sine_mlp2_tanh", "val_polynomial_mlp1_relu"}
   assert record["meta_step"] == 4 and math.isfinite(record["score"])
-  assert not validation.comparable(old, record["tasks"], 10)
-  assert validation.comparable(record, record["tasks"], 10)
-  assert not validation.comparable(record, record["tasks"], 20)
+  assert not validation.comparable(old, record["tasks"], 10, 100)
+  assert validation.comparable(record, record["tasks"], 10, 100)
+  assert not validation.comparable(record, record["tasks"], 20, 100)
+
+
+class _ScriptedUnroller:
+  """Stands in for the Unroller: returns scripted (loss, mean log step length) per call."""
+
+  def __init__(self, losses, log_lrs, finite=None):
+    self.script = list(zip(losses, log_lrs, finite or [True] * len(losses)))
+    self.calls = []
+
+  def __call__(self, problem, meta, carry, data, steps, seed, compute_gradients=True):
+    import types
+    loss, log_lr, finite = self.script[len(self.calls)]
+    self.calls.append((steps, tuple(seed), compute_gradients))
+    return types.SimpleNamespace(finite=finite, steps=steps, final_loss=loss,
+                                 log_lr_mean=log_lr, carry=carry)
+
+
+@pytest.mark.parametrize("losses, log_lrs, finite, spike, drift, passes", [
+    ([1.0, 0.5, 0.2, 0.1], [-7.0, -7.2, -7.5, -8.0], None, 0.5, -0.2, True),    # steady descent
+    ([1.0, 0.01, 0.2, 0.01], [-7.0, -7.0, -7.0, -7.0], None, 20.0, 0.0, False),  # a 20x spike
+    ([1.0, 0.5, 0.2, 0.1], [-7.0, -6.0, -5.0, -4.0], None, 0.5, 3.0, False),   # climbing step
+    ([1.0, 0.5, 0.2, 0.1], [-7.0, -7.0, -7.0, -7.0], [True, False, True, True], 1.0, 0.0,
+     False),                                                                  # non-finite
+])
+def test_long_horizon_run_reads_spikes_and_drift(losses, log_lrs, finite, spike, drift, passes):
+  config = config_lib.lean()
+  problem = validation.select("val_sine_mlp2_tanh")[0]
+  data = validation.unroll_lib.data_tensors(problem.sample_data(validation.DATA_SEED))
+  unroller = _ScriptedUnroller(losses, log_lrs, finite)
+  run = validation.long_horizon_run(problem, hrnn.init_meta_params(config, 0), config, data,
+                                    steps=40, unroller=unroller, chunk=10)
+  assert validation.run_passes(run) is passes
+  if finite is None:
+    assert run["spike"] == pytest.approx(spike) and run["drift"] == pytest.approx(drift)
+    assert run["losses"] == losses and len(unroller.calls) == 4
+  else:
+    assert not run["finite"] and len(unroller.calls) == 2   # stops at the first blow-up
+  # Forward only, 10 steps a call, a different minibatch seed for every chunk.
+  assert {c[0] for c in unroller.calls} == {10} and not any(c[2] for c in unroller.calls)
+  assert len({c[1] for c in unroller.calls}) == len(unroller.calls)
+
+
+def test_best_that_fails_the_guard_is_not_exported(tmp_path, monkeypatch):
+  def failing(self, meta):
+    tasks = {n: {"losses": [1.0, 50.0], "log_lr": [-7.0, -2.0], "finite": True,
+                 "spike": 50.0, "drift": 5.0, "chunk": 10, "passed": False}
+             for n in validation.GUARD_TASKS}
+    return {"passed": False, "steps": self.steps, "tasks": tasks}
+  monkeypatch.setattr(validation.LongHorizonGuard, "__call__", failing)
+  options = trainer_lib.Options(
+      train_dir=str(tmp_path / "run"), config="lean", problems="quadratic_d25", max_steps=2,
+      min_unroll_steps=5, unroll_steps_scale=0, max_unroll_steps=8, num_unrolls_scale=1,
+      checkpoint_every_secs=0, validate_every=2, validation_steps=10, guard_steps=30,
+      validation_tasks="val_sine_mlp2_tanh")
+  trainer_lib.Trainer(options).run()
+  exports = tmp_path / "run" / "exports"
+  assert not (exports / "best.npz").exists() and not (exports / "best.json").exists()
+  [line] = (exports / validation.GUARD_LOG).read_text().splitlines()
+  line = json.loads(line)
+  assert line["meta_step"] == 2 and not line["passed"] and line["steps"] == 30
+  assert "drift +5.00 > 2.30" in line["why"] and "spike x50" in line["why"]
+  # A best chosen under another guard (or none) is not comparable: it is archived, not beaten.
+  record = {"score": -1.0, "validation_steps": 10, "tasks": {"val_sine_mlp2_tanh": {}}}
+  assert validation.comparable(record, record["tasks"], 10, 0)
+  assert not validation.comparable(record, record["tasks"], 10, 30)
+  assert validation.comparable({**record, "guard": {"steps": 30}}, record["tasks"], 10, 30)
+  with pytest.raises(ValueError, match="--guard_steps"):
+    trainer_lib.Options(train_dir=str(tmp_path), guard_steps=5).validate()
 
 
 def test_validation_command_scores_weights_files(tmp_path, capsys):
@@ -378,6 +451,12 @@ def test_validation_command_scores_weights_files(tmp_path, capsys):
   assert rows[1].split("|")[2].strip() == f"{expected:+.3f}"
   with pytest.raises(FileNotFoundError):
     validation.main([str(tmp_path / "missing.npz"), "--steps", "10"])
+  # --guard_steps adds the long-horizon table, one row per weights spec.
+  validation.main(["untrained:lean", "--steps", "10", "--tasks", "val_sine_mlp2_tanh",
+                   "--cache_dir", str(tmp_path), "--guard_steps", "20"])
+  out = capsys.readouterr().out
+  assert "long-horizon guard, 20 steps" in out
+  assert any(line.startswith("| untrained:lean | yes |") for line in out.splitlines())
 
 
 def test_bad_validation_tasks_fail_up_front(tmp_path):
