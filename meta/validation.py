@@ -290,12 +290,26 @@ def reference_losses(run_dir: str | os.PathLike | None, problems: Sequence[base.
 
 # ---- the learned optimizer and the score ------------------------------------------------------
 
+def instance_data(problems: Sequence[base.Problem]) -> dict:
+  """{name: data tensors} of each task's fixed validation instance."""
+  return {p.name: unroll_lib.data_tensors(p.sample_data(DATA_SEED)) for p in problems}
+
+
+def start(problem, meta, config, data) -> unroll_lib.Carry:
+  """The validation instance's starting carry: its init, every step length at INITIAL_LR."""
+  layout = hrnn.Layout(problem.param_shapes())
+  state = hrnn.init_state(meta, layout, config, math.log(INITIAL_LR))
+  return unroll_lib.start_carry(problem, meta, config, data, INIT_SEED, [0, 0], state=state)
+
+
+def as_tensors(meta) -> dict:
+  return {k: tf.convert_to_tensor(v) for k, v in dict(meta).items()}
+
+
 def learned_final_loss(problem, meta, config, data, steps: int,
                        unroller: unroll_lib.Unroller) -> float:
   """Full-data loss after `steps` forward-only steps of the hRNN (hrnn.step via the Unroller)."""
-  layout = hrnn.Layout(problem.param_shapes())
-  state = hrnn.init_state(meta, layout, config, math.log(INITIAL_LR))
-  carry = unroll_lib.start_carry(problem, meta, config, data, INIT_SEED, [0, 0], state=state)
+  carry = start(problem, meta, config, data)
   out = unroller(problem, meta, carry, data, steps, list(STEP_SEED), compute_gradients=False)
   if not bool(out.finite) or int(out.steps) < steps:
     return math.nan
@@ -321,12 +335,11 @@ class Validator:
     self.problems = list(problems) if problems is not None else suite()
     self.unroller = unroll_lib.Unroller(config, max_steps=self.steps, mode=mode)
     self.references = reference_losses(run_dir, self.problems, self.steps)
-    self._data = {p.name: unroll_lib.data_tensors(p.sample_data(DATA_SEED))
-                  for p in self.problems}
+    self._data = instance_data(self.problems)
 
   def __call__(self, meta) -> dict:
     """{"score": float, "tasks": {name: {"learned", "adam", "log_ratio"}}}."""
-    meta = {k: tf.convert_to_tensor(v) for k, v in dict(meta).items()}
+    meta = as_tensors(meta)
     tasks = {}
     for problem in self.problems:
       learned = learned_final_loss(problem, meta, self.config, self._data[problem.name],
@@ -348,9 +361,7 @@ def long_horizon_run(problem, meta, config, data, steps: int,
   Returns {"losses": [...], "log_lr": [...], "finite": bool, "spike": max over chunks of
   loss / lowest earlier loss, "drift": max over chunks of mean log step length minus its value
   after the first chunk}."""
-  layout = hrnn.Layout(problem.param_shapes())
-  state = hrnn.init_state(meta, layout, config, math.log(INITIAL_LR))
-  carry = unroll_lib.start_carry(problem, meta, config, data, INIT_SEED, [0, 0], state=state)
+  carry = start(problem, meta, config, data)
   losses, log_lr, finite = [], [], True
   for c in range(max(1, steps // chunk)):
     out = unroller(problem, meta, carry, data, chunk, [STEP_SEED[0], STEP_SEED[1] + 7919 * c],
@@ -389,12 +400,11 @@ class LongHorizonGuard:
     self.chunk = self.steps // GUARD_READS
     self.problems = select(list(tasks))
     self.unroller = unroll_lib.Unroller(config, max_steps=self.chunk, mode=mode)
-    self._data = {p.name: unroll_lib.data_tensors(p.sample_data(DATA_SEED))
-                  for p in self.problems}
+    self._data = instance_data(self.problems)
 
   def __call__(self, meta) -> dict:
     """{"passed": bool, "steps": int, "tasks": {name: run dict + "passed"}}."""
-    meta = {k: tf.convert_to_tensor(v) for k, v in dict(meta).items()}
+    meta = as_tensors(meta)
     tasks = {}
     for problem in self.problems:
       run = long_horizon_run(problem, meta, self.config, self._data[problem.name], self.steps,
