@@ -750,7 +750,8 @@ class Trainer:
       self._validator = validation.Validator(
           self.config, self.train_dir, self.options.validation_steps,
           validation.select(self.options.validation_tasks))
-    result = self._validator({k: v.numpy() for k, v in self.meta.variables_by_name.items()})
+    meta = {k: v.numpy() for k, v in self.meta.variables_by_name.items()}
+    result = self._validator(meta)
     info["validation_score"] = result["score"]
     with writer.as_default(step=info["step"]):
       _scalar("validation/score", result["score"])
@@ -760,7 +761,7 @@ class Trainer:
     archived = validation.archive_incomparable(self.train_dir, result["tasks"],
                                                self.options.validation_steps, guard_steps)
     if archived is not None:
-      log.warning("exports/best.npz was scored on another validation suite; kept as %s",
+      log.warning("exports/best.npz was scored on another validation suite or guard; kept as %s",
                   archived.with_suffix(".npz"))
     record = validation.best_record(self.train_dir)
     better = validation.is_better(result["score"], record)
@@ -772,7 +773,7 @@ class Trainer:
     if better and guard_steps:
       if getattr(self, "_guard", None) is None:
         self._guard = validation.LongHorizonGuard(self.config, guard_steps)
-      guard = self._guard({k: v.numpy() for k, v in self.meta.variables_by_name.items()})
+      guard = self._guard(meta)
       validation.append_guard_log(self.train_dir, info["step"], result["score"], guard)
       if guard["passed"]:
         log.info("long-horizon guard (%d steps) passed -> exports/best.npz", guard_steps)

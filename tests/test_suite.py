@@ -391,7 +391,7 @@ class _ScriptedUnroller:
 def test_long_horizon_run_reads_spikes_and_drift(losses, log_lrs, finite, spike, drift, passes):
   config = config_lib.lean()
   problem = validation.select("val_sine_mlp2_tanh")[0]
-  data = validation.unroll_lib.data_tensors(problem.sample_data(validation.DATA_SEED))
+  data = validation.instance_data([problem])[problem.name]
   unroller = _ScriptedUnroller(losses, log_lrs, finite)
   run = validation.long_horizon_run(problem, hrnn.init_meta_params(config, 0), config, data,
                                     steps=40, unroller=unroller, chunk=10)
