@@ -387,6 +387,20 @@ class _Group:
     return _Target(gradients, full_loss, segments, False)
 
 
+def group_unroll(group: _Group, meta, carry: Carry, inputs, num_steps, seed,
+                 config: HRNNConfig, *, max_steps: int, second_derivatives: bool = True,
+                 compute_gradients: bool = True, meta_loss: str = "full") -> UnrollOutput:
+  """`unroll` for a problem of a size group (uncompiled): `carry` padded by
+  `group.pad_carry`, `inputs` = (packed data buffers, segment arrays, index in the group) as
+  `Unroller.bucket_inputs` gives them. The output stays padded (`group.unpad_output`)."""
+  buffers, segments, index = inputs
+  target = group.target(index, buffers, segments, meta_loss)
+  return _unroll_flat(target, meta, carry.params[0], carry.state, carry.initial_loss,
+                      num_steps, seed, config, max_steps=max_steps,
+                      second_derivatives=second_derivatives,
+                      compute_gradients=compute_gradients)
+
+
 def _pad_rows(x: tf.Tensor, extra: int) -> tf.Tensor:
   if x.shape[0] == 0 or extra == 0:
     return x
@@ -486,11 +500,10 @@ class Unroller:
       else:
         group = self.group_for(problem)
         def fn(meta, carry, buffers, segments, index, num_steps, seed):
-          target = group.target(index, buffers, segments, meta_loss)
-          return _unroll_flat(target, meta, carry.params[0], carry.state, carry.initial_loss,
-                              num_steps, seed, config, max_steps=max_steps,
+          return group_unroll(group, meta, carry, (buffers, segments, index), num_steps, seed,
+                              config, max_steps=max_steps,
                               second_derivatives=second_derivatives,
-                              compute_gradients=compute_gradients)
+                              compute_gradients=compute_gradients, meta_loss=meta_loss)
       _COMPILED[key] = self._compile(fn)
     return _COMPILED[key]
 
@@ -515,6 +528,12 @@ class Unroller:
       packed = self._packed[problem.name] = (data, group.pack_data(problem, data))
     segments, index = self._segments[problem.name]
     return group, packed[1], segments, index
+
+  def bucket_inputs(self, problem, data) -> tuple:
+    """(group, (packed data buffers, segment arrays, index)) of `problem` for `group_unroll`
+    (compile_by "bucket")."""
+    group, buffers, segments, index = self._bucket_inputs(problem, data)
+    return group, (buffers, segments, index)
 
   def _bucket_args(self, problem, carry, data):
     group, buffers, segments, index = self._bucket_inputs(problem, data)

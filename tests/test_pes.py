@@ -275,3 +275,77 @@ def test_pes_parameter_server_local_cluster(tmp_path):
   """One closure per task on the 2 workers; the coordinator applies one update per step."""
   result = _helper("parameter_server", tmp_path / "ps", 3, PES_HELPER)
   assert result["step"] == 3 and result["finite"] and result["changed"]
+
+
+# --- bucketed PES: one compiled particle loop per size group (issue 12) ---------------------
+
+def _pes_pair(problem, config, meta, fn, carries, inputs, fresh, noise_seed):
+  return fn(meta, {k: tf.zeros([2] + v.shape.as_list()) for k, v in meta.items()} if fresh
+            else carries[1], carries[0], inputs, tf.constant(9, tf.int32),
+            tf.constant([3, 4], tf.int32), tf.constant(noise_seed, tf.int32),
+            tf.constant(0, tf.int32), tf.constant(fresh), tf.constant(0.01),
+            tf.constant(2, tf.int32))
+
+
+@pytest.mark.parametrize("sample", ["paper", "nets"])
+def test_bucketed_pes_matches_per_problem_pes(sample, monkeypatch):
+  """Two truncations (a fresh start, then a continuation) of the same particles give the same
+  losses, estimate, statistics and carries whether the problem runs in its own compiled
+  particle loop or in its size group's, and the group's problems share one function."""
+  import problems
+  from learned_opt import config as config_lib
+  from learned_opt import hrnn
+  from meta import unroll as unroll_lib
+  from tests.test_unroll_buckets import NETS, SAMPLE
+  config = config_lib.get("lean")
+  if sample == "paper":
+    pool = [SAMPLE[0], SAMPLE[-1]]
+  else:
+    pool = [problems.get(name) for name in NETS[:2]]
+    for problem in pool:   # networks compile alone by default; grouped here
+      monkeypatch.setattr(problem, "compile_alone", False)
+  meta = hrnn.MetaParams(config, seed=1).as_dict()
+  unroller = unroll_lib.Unroller(config, max_steps=12, mode="function", compile_by="bucket",
+                                 problems=pool)
+  assert unroller.num_groups() == 1
+  compiled_before = len(pes._COMPILED)
+  for problem in pool:
+    data = unroll_lib.data_tensors(problem.sample_data(4))
+    carry = unroll_lib.start_carry(problem, meta, config, data, 4, [4, 5])
+    group, inputs = unroller.bucket_inputs(problem, data)
+    reference = pes.task_function(problem, config, max_steps=12, num_particles=2,
+                                  mode="function")
+    bucketed = pes.task_function(problem, config, max_steps=12, num_particles=2,
+                                 mode="function", group=group)
+    ref_state = (pes.stack_carry(carry, 2), None)
+    bkt_state = (pes.stack_carry(group.pad_carry(problem, carry), 2), None)
+    for fresh, noise_seed in ((True, [5, 6]), (False, [7, 8])):
+      ref = _pes_pair(problem, config, meta, reference, ref_state, data, fresh, noise_seed)
+      bkt = _pes_pair(problem, config, meta, bucketed, bkt_state, inputs, fresh, noise_seed)
+      grads_a, count_a, losses_a, valid_a, carries_a, xi_a, stats_a = ref
+      grads_b, count_b, losses_b, valid_b, carries_b, xi_b, stats_b = bkt
+      assert float(count_a) == float(count_b) == 2.0, problem.name
+      np.testing.assert_allclose(losses_b.numpy(), losses_a.numpy(), rtol=2e-4, atol=1e-6,
+                                 err_msg=problem.name)
+      np.testing.assert_allclose(stats_b.numpy(), stats_a.numpy(), rtol=2e-4, atol=1e-5,
+                                 err_msg=problem.name)
+      for k in grads_a:
+        np.testing.assert_allclose(grads_b[k].numpy(), grads_a[k].numpy(), rtol=2e-3,
+                                   atol=1e-4 * float(np.abs(grads_a[k].numpy()).max() + 1),
+                                   err_msg=f"{problem.name}: {k}")
+      layout = hrnn.Layout(problem.param_shapes())
+      for i in range(2):
+        flat_a = layout.flatten([p[i] for p in carries_a.params]).numpy()
+        flat_b = carries_b.params[0][i].numpy()
+        np.testing.assert_allclose(flat_b[:layout.total], flat_a, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(flat_b[layout.total:], 0.0)   # padding never moves
+      ref_state, bkt_state = (carries_a, xi_a), (carries_b, xi_b)
+  # One per-problem function per problem, and one for the whole group.
+  assert len(pes._COMPILED) - compiled_before == len(pool) + 1
+
+
+def test_pes_carries_of_another_compile_by_are_refused_on_resume(tmp_path):
+  trainer_lib.Trainer(_pes_options(tmp_path / "run", compile_by="problem", max_steps=1,
+                                   checkpoint_every_steps=1)).run()
+  with pytest.raises(ValueError, match="--compile_by problem"):
+    trainer_lib.Trainer(_pes_options(tmp_path / "run", compile_by="bucket"))

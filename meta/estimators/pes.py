@@ -31,11 +31,16 @@ trajectories end at staggered times (learned_optimization's random initial itera
 The meta-loss of a truncation is meta/objective.py's mean log(f / f_init): normalised per task
 by the loss at its trajectory's start, so tasks of different scales weigh alike.
 
-Compiled functions: one per (problem, particles), `tf.function(jit_compile=True)` around a
-`tf.while_loop` over the particles, each a forward-only `unroll_lib.unroll`; P particles cost
-about P forward passes in one call (the particle loop's trip count is a run-time value, so XLA
-does not unroll it). The start state's learned initial hidden states are
-computed inside with each particle's perturbed theta (so PES sees their gradient too).
+Compiled functions: `tf.function(jit_compile=True)` around a `tf.while_loop` over the
+particles, each a forward-only unroll; P particles cost about P forward passes in one call (the
+particle loop's trip count is a run-time value, so XLA does not unroll it). With
+`--compile_by bucket` (the default) there is one function per size group of the pool and
+particle count, shared by the group's problems exactly as TBPTT's unrolls are (meta/unroll.py's
+`_Group`: padded flat parameters and state, segment masks, packed data and the problem's index
+as inputs); the carries of a slot are then kept padded to the group's rows. With `--compile_by
+problem` there is one function per (problem, particles). The start state's learned initial
+hidden states are computed inside with each particle's perturbed theta (so PES sees their
+gradient too).
 
 Strategies. mirrored / multi_worker: every replica runs the same tasks on its own share of the
 particles (whole antithetic pairs; --pes_particles must be a multiple of 2 x replicas), the
@@ -163,30 +168,47 @@ def _particle_loop(fn, num_particles: int, trip_count, elems, signature):
 _COMPILED: dict[tuple, Callable] = {}
 
 
+class _Rows(NamedTuple):
+  """The row and tensor-slot counts `hrnn.init_state` needs, for a group's padded layout."""
+  total: int
+  num_tensors: int
+
+
 def task_function(problem, config, *, max_steps: int, num_particles: int, mode: str = "xla",
-                  meta_loss: str = "full"):
-  """Compiled fn(theta, xi, carries, data, num_steps, seed, noise_seed, pair_offset, fresh,
+                  meta_loss: str = "full", group=None):
+  """Compiled fn(theta, xi, carries, inputs, num_steps, seed, noise_seed, pair_offset, fresh,
   sigma, trip_count) -> (grad_sum, num_valid, losses, valid, carries, xi, stats [P, NUM_STATS]).
 
+  inputs: the problem's data dict; or, with `group` (a meta/unroll.py size group holding
+  `problem`), the tuple (packed data buffers, segment arrays, index in the group) of
+  `Unroller.bucket_inputs`, and carries padded by `group.pad_carry`. One function then serves
+  every problem of the group.
   trip_count: tf.constant(num_particles), see `truncation`.
 
   `fresh`: the trajectory starts here: each particle's learned initial hidden states are
   recomputed from its perturbed theta. Forward only, so `max_steps` only bounds the loop.
   """
-  key = (config.to_json(), max_steps, mode, problem.name, num_particles, meta_loss)
+  what = problem.name if group is None else ("group",) + group.key
+  key = (config.to_json(), max_steps, mode, what, num_particles, meta_loss)
   if key in _COMPILED:
     return _COMPILED[key]
-  layout = hrnn.Layout(problem.param_shapes())
+  layout = (hrnn.Layout(problem.param_shapes()) if group is None
+            else _Rows(group.rows, group.slots))
 
-  def fn(theta, xi, carries, data, num_steps, seed, noise_seed, pair_offset, fresh, sigma,
+  def fn(theta, xi, carries, inputs, num_steps, seed, noise_seed, pair_offset, fresh, sigma,
          trip_count):
     def truncate(theta_i, carry):
       state = tf.cond(fresh,
                       lambda: hrnn.init_state(theta_i, layout, config, carry.state.log_lr),
                       lambda: carry.state)
-      out = unroll_lib.unroll(problem, theta_i, carry._replace(state=state), data, num_steps,
-                              seed, config, max_steps=max_steps, compute_gradients=False,
-                              meta_loss=meta_loss)
+      if group is None:
+        out = unroll_lib.unroll(problem, theta_i, carry._replace(state=state), inputs,
+                                num_steps, seed, config, max_steps=max_steps,
+                                compute_gradients=False, meta_loss=meta_loss)
+      else:
+        out = unroll_lib.group_unroll(group, theta_i, carry._replace(state=state), inputs,
+                                      num_steps, seed, config, max_steps=max_steps,
+                                      compute_gradients=False, meta_loss=meta_loss)
       stats = tf.stack([tf.cast(out.steps, tf.float32), out.final_loss, out.log_lr_mean,
                         out.log_lr_std, out.log_lr_min, out.log_lr_max])
       return out.meta_loss, out.finite, out.carry, stats
@@ -263,7 +285,10 @@ class PES:
     self.max_steps = o.truncation_max_steps
     self.tasks: list[Task | None] = [None] * o.num_tasks
     self._datas: dict[int, tuple] = {}
-    self._names: set = set()
+    self._names: set = set()       # what each compiled function serves: problem or group
+    # Bucketed: one compiled function per size group (the trainer's Unroller plans the
+    # groups over the pool), carries padded to the group's rows.
+    self.bucketed = o.compile_by == "bucket"
     self._ps_functions: dict[str, Callable] = {}
 
   def num_compiled(self) -> int:
@@ -291,13 +316,24 @@ class PES:
       self._datas[slot] = cached
     return cached[1]
 
+  def _inputs(self, slot: int, task: Task):
+    """The compiled function's problem inputs: the data dict, or the group's packed inputs."""
+    data = self._data(slot, task)
+    if not self.bucketed:
+      return data
+    return self.trainer.unroller.bucket_inputs(self.trainer.problems_by_name[task.problem],
+                                               data)[1]
+
   def _start(self, slot: int, task: Task, rid: int) -> None:
     """Fresh carries and zero accumulated perturbations for replica rid's particles."""
     problem = self.trainer.problems_by_name[task.problem]
     carry = unroll_lib.start_carry(
         problem, self.trainer.meta.as_dict(), self.trainer.config, self._data(slot, task),
         task.init_seed, [task.init_seed % (2**31 - 1), 7919],
-        lr_range=(self.options.lr_min, self.options.lr_max))
+        lr_range=(self.options.lr_min, self.options.lr_max),
+        unroller=self.trainer.unroller if self.bucketed else None)
+    if self.bucketed:
+      carry = self.trainer.unroller.group_for(problem).pad_carry(problem, carry)
     count = self.num_particles if self.trainer.is_ps else self.local_particles
     task.carries[rid] = stack_carry(carry, count)
     task.xi[rid] = {k: tf.zeros([count] + v.shape.as_list(), tf.float32)
@@ -323,14 +359,15 @@ class PES:
     return plan
 
   def _function(self, problem, num_particles):
-    self._names.add(problem.name)
+    group = self.trainer.unroller.group_for(problem) if self.bucketed else None
+    self._names.add((problem.name if group is None else group.key, num_particles))
     return task_function(problem, self.trainer.config, max_steps=self.max_steps,
                          num_particles=num_particles, mode=self.options.unroll_mode,
-                         meta_loss=self.options.meta_loss)
+                         meta_loss=self.options.meta_loss, group=group)
 
-  def _args(self, entry, data):
-    return (data, tf.constant(entry["num_steps"], tf.int32), tf.constant(entry["seed"], tf.int32),
-            tf.constant(entry["task"].noise_seed, tf.int32))
+  def _args(self, entry, inputs):
+    return (inputs, tf.constant(entry["num_steps"], tf.int32),
+            tf.constant(entry["seed"], tf.int32), tf.constant(entry["task"].noise_seed, tf.int32))
 
   # --- one meta-step --------------------------------------------------------------------
 
@@ -356,11 +393,11 @@ class PES:
     count = tf.constant(0.0)
     outs = []
     sigma = tf.constant(self.options.pes_sigma, tf.float32)
-    for entry, (xi, carries, data) in zip(plan, inputs):
+    for entry, (xi, carries, task_inputs) in zip(plan, inputs):
       fn = self._function(entry["problem"], self.local_particles)
-      data, num_steps, seed, noise_seed = self._args(entry, data)
+      task_inputs, num_steps, seed, noise_seed = self._args(entry, task_inputs)
       grads, valid_count, losses, valid, carries, xi, stats = fn(
-          meta, xi, carries, data, num_steps, seed, noise_seed,
+          meta, xi, carries, task_inputs, num_steps, seed, noise_seed,
           tf.constant(pair_offset, tf.int32), tf.constant(entry["fresh"]), sigma,
           tf.constant(self.local_particles, tf.int32))
       total = {k: total[k] + grads[k] for k in total}
@@ -374,7 +411,7 @@ class PES:
     pairs_per_replica = self.local_particles // 2
 
     def inputs_for(rid):
-      return [(e["task"].xi[rid], e["task"].carries[rid], self._data(e["slot"], e["task"]))
+      return [(e["task"].xi[rid], e["task"].carries[rid], self._inputs(e["slot"], e["task"]))
               for e in plan]
 
     if strategy is None:
@@ -414,9 +451,9 @@ class PES:
       meta_vars = self.trainer.meta.variables_by_name
 
       @tf.function
-      def worker_fn(xi, carries, data, num_steps, seed, noise_seed, fresh, sigma):
+      def worker_fn(xi, carries, inputs, num_steps, seed, noise_seed, fresh, sigma):
         meta = {k: tf.identity(v) for k, v in meta_vars.items()}   # reads from the PS
-        return fn(meta, xi, carries, data, num_steps, seed, noise_seed,
+        return fn(meta, xi, carries, inputs, num_steps, seed, noise_seed,
                   tf.constant(0, tf.int32), fresh, sigma, tf.constant(self.num_particles))
       self._ps_functions[problem.name] = worker_fn
     return self._ps_functions[problem.name]
@@ -427,10 +464,10 @@ class PES:
     remotes = []
     for entry in plan:
       task = entry["task"]
-      data, num_steps, seed, noise_seed = self._args(entry, self._data(entry["slot"], task))
+      inputs, num_steps, seed, noise_seed = self._args(entry, self._inputs(entry["slot"], task))
       remotes.append(coordinator.schedule(
           self._ps_function(entry["problem"]),
-          args=(task.xi[0], task.carries[0], data, num_steps, seed, noise_seed,
+          args=(task.xi[0], task.carries[0], inputs, num_steps, seed, noise_seed,
                 tf.constant(entry["fresh"]), sigma)))
     coordinator.join()
     total, count, outs = None, 0.0, []
@@ -497,6 +534,7 @@ class PES:
           arrays[f"{slot}/{rid}/xi/{k}"] = np.asarray(v)
     arrays["__headers__"] = np.asarray(json.dumps(headers))
     arrays["__estimator__"] = np.asarray("pes")
+    arrays["__compile_by__"] = np.asarray(self.options.compile_by)
     return checkpoints.pack_arrays(arrays)
 
   def unpack(self, blob: bytes) -> None:
@@ -507,6 +545,11 @@ class PES:
       raise ValueError(f"--train_dir {self.options.train_dir} was meta-trained with "
                        "--estimator tbptt; resume it with that estimator or use a fresh "
                        "--train_dir")
+    # Checkpoints from before bucketed PES hold per-problem (unpadded) carries.
+    recorded = str(arrays.get("__compile_by__", "problem"))
+    if recorded != self.options.compile_by:
+      raise ValueError(f"--train_dir {self.options.train_dir} holds PES carries of "
+                       f"--compile_by {recorded}; resume it with --compile_by {recorded}")
     headers = json.loads(str(arrays["__headers__"]))
     if len(headers) != len(self.tasks):
       raise ValueError(f"--train_dir {self.options.train_dir} holds a population of "
@@ -522,7 +565,8 @@ class PES:
         if not sub:
           continue   # another worker's particles: restarted by _plan (multi-worker resume)
         carry = {k[len("carry/"):]: v for k, v in sub.items() if k.startswith("carry/")}
-        task.carries[rid] = unroll_lib.carry_from_numpy(carry, len(problem.param_shapes()))
+        task.carries[rid] = unroll_lib.carry_from_numpy(
+            carry, 1 if self.bucketed else len(problem.param_shapes()))
         task.xi[rid] = {k[len("xi/"):]: tf.constant(v) for k, v in sub.items()
                         if k.startswith("xi/")}
         if int(next(iter(task.xi[rid].values())).shape[0]) != (
