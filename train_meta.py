@@ -176,6 +176,10 @@ flags.DEFINE_integer("max_memory_maps", _D.max_memory_maps, "Memory maps this pr
                      "before it checkpoints and continues in a fresh one (XLA never frees a "
                      "compiled problem's ~800 maps; Linux caps them at vm.max_map_count). "
                      "0: 90 percent of vm.max_map_count.")
+flags.DEFINE_float("max_memory_gb", _D.max_memory_gb, "Resident memory (GB) this process may "
+                   "hold before it checkpoints and continues in a fresh one (XLA never frees a "
+                   "compiled function; a network structure holds ~0.7 GB). 0: half of the "
+                   "machine's physical memory.")
 flags.DEFINE_integer("validate_every", _D.validate_every, "Run the validation suite "
                      "(meta/validation.py) every N meta-steps and keep exports/best.npz by its "
                      "score (mean ln(final loss / Adam(2e-3)), lower is better). 0: off.")

@@ -132,6 +132,11 @@ class Options:
   # problems). Past this budget the trainer checkpoints and asks to be continued in a fresh
   # process (train_meta.py re-executes itself). 0: 90% of vm.max_map_count.
   max_memory_maps: int = 0
+  # Resident memory (GB) past which the trainer hands over the same way. XLA's executables
+  # are never freed: a compiled network structure holds ~0.7 GB (measured 2026-12-06), so a
+  # --problems nets run grows by that with every structure it draws, and was OOM-killed at
+  # 23 GB. Checked after a meta-step that compiled something. 0: half of physical memory.
+  max_memory_gb: float = 0.0
   # Validation suite (meta/validation.py): every N meta-steps (0: off), keeping
   # exports/best.npz by its score; steps per validation task.
   validate_every: int = 0
@@ -156,6 +161,8 @@ class Options:
     need(self.max_steps >= 0, f"--max_steps must be >= 0, got {self.max_steps}")
     need(self.max_memory_maps >= 0,
          f"--max_memory_maps must be >= 0 (0: automatic), got {self.max_memory_maps}")
+    need(self.max_memory_gb >= 0,
+         f"--max_memory_gb must be >= 0 (0: automatic), got {self.max_memory_gb}")
     need(self.num_unrolls_scale >= 0, "--num_unrolls_scale must be >= 0")
     need(self.min_num_unrolls >= 1, "--min_num_unrolls must be >= 1")
     need(self.unroll_steps_scale >= 0, "--unroll_steps_scale must be >= 0")
@@ -297,6 +304,25 @@ def memory_map_count() -> int | None:
     with open("/proc/self/maps", "rb") as f:
       return sum(1 for _ in f)
   except OSError:
+    return None
+
+
+def resident_bytes() -> int | None:
+  """This process's resident memory (Linux VmRSS), or None where /proc is not available."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+def physical_memory_bytes() -> int | None:
+  try:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  except (OSError, ValueError, AttributeError):
     return None
 
 
@@ -479,6 +505,9 @@ class Trainer:
     limit = memory_map_limit()
     kernel_budget = int(0.9 * limit) if limit else 0
     self.map_budget = options.max_memory_maps or kernel_budget
+    physical = physical_memory_bytes()
+    self.memory_budget = (int(options.max_memory_gb * 2**30) if options.max_memory_gb
+                          else (physical // 2 if physical else 0))
     self.can_hand_over = self.strategy is None or isinstance(
         self.strategy, tf.distribute.MirroredStrategy)
     if (self.chief and not read_only and kernel_budget and options.max_steps
@@ -699,13 +728,21 @@ class Trainer:
         if self._should_save(last_save_time, last_save_step):
           self.save()
           last_save_time, last_save_step = time.time(), self.step
-        maps = (memory_map_count() if self.estimator.num_compiled() != compiled
-                and self.can_hand_over
-                and self.map_budget and self.step < o.max_steps else None)
+        check = (self.estimator.num_compiled() != compiled and self.can_hand_over
+                 and self.step < o.max_steps)
+        maps = memory_map_count() if check and self.map_budget else None
+        resident = resident_bytes() if check and self.memory_budget else None
         if maps is not None and maps >= self.map_budget:
           log.info("this process holds %d memory maps (budget %d, %d problems compiled): "
                    "checkpointing at meta-step %d to continue in a fresh process",
                    maps, self.map_budget, self.estimator.num_compiled(), self.step)
+          self.needs_fresh_process = True
+          break
+        if resident is not None and resident >= self.memory_budget:
+          log.info("this process holds %.1f GB resident (budget %.1f GB, %d functions "
+                   "compiled): checkpointing at meta-step %d to continue in a fresh process",
+                   resident / 2**30, self.memory_budget / 2**30,
+                   self.estimator.num_compiled(), self.step)
           self.needs_fresh_process = True
           break
     finally:

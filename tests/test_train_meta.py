@@ -243,20 +243,24 @@ def test_resume_after_sigkill_is_exact(tmp_path):
   assert [r["meta_loss"] for r in rows] == [r["meta_loss"] for r in straight_rows]
 
 
-def test_memory_map_budget_hands_over_to_a_fresh_process_exactly(tmp_path):
-  """Past --max_memory_maps the run checkpoints and re-executes itself; nothing changes.
+@pytest.mark.parametrize("budget, reason", [(["--max_memory_maps", "1"], "memory maps"),
+                                            (["--max_memory_gb", "0.001"], "GB resident")])
+def test_memory_budget_hands_over_to_a_fresh_process_exactly(tmp_path, budget, reason):
+  """Past --max_memory_maps or --max_memory_gb the run checkpoints and re-executes itself;
+  nothing changes.
 
-  A budget of 1 map is always exceeded, so each process does one meta-step (the one that
-  compiles) and hands over: 2 meta-steps take 2 processes."""
+  A budget of 1 map (or 1 MB) is always exceeded, so each process does one meta-step (the one
+  that compiles) and hands over: 2 meta-steps take 2 processes."""
   total = 2
   proc = _run_script(["--train_dir", str(tmp_path / "run"), "--problems", "quadratic_d25",
                       "--min_unroll_steps", "10", "--unroll_steps_scale", "10",
                       "--max_unroll_steps", "64", "--num_unrolls_scale", "2",
                       "--checkpoint_every_secs", "0", "--max_steps", str(total),
-                      "--max_memory_maps", "1", "--export", str(tmp_path / "w.npz")])
+                      "--export", str(tmp_path / "w.npz")] + budget)
   output = proc.communicate(timeout=400)[0]
   assert proc.returncode == 0, output
   assert output.count("continuing in a fresh process") == total - 1, output
+  assert output.count(reason) == total - 1, output
   straight = trainer_lib.Trainer(_fast_options(tmp_path / "straight", max_steps=total))
   straight.run()
   exported = weights_io.load(tmp_path / "w.npz")
@@ -429,6 +433,7 @@ def test_checkpoint_from_before_cpu_time_resumes(tmp_path):
     ({"lr_min": 1e-2, "lr_max": 1e-6}, "--lr_min"),
     ({"max_unroll_steps": 5}, "--max_unroll_steps"),
     ({"keep_checkpoints": 0}, "--keep_checkpoints"),
+    ({"max_memory_gb": -1.0}, "--max_memory_gb"),
 ])
 def test_bad_options_fail_up_front(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
