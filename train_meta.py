@@ -124,6 +124,9 @@ flags.DEFINE_enum("estimator", _D.estimator, ["tbptt", "pes"],
                   "Meta-gradient estimator: tbptt (truncated backprop through one partial "
                   "unroll, seed paper 1) or pes (persistent evolution strategies over a "
                   "population of long trajectories; meta/estimators/pes.py).")
+flags.DEFINE_integer("tbptt_tasks", _D.tbptt_tasks, "TBPTT: trajectories (tasks) that every "
+                     "meta-step advances by one partial unroll each, their meta-gradients "
+                     "averaged into one update (1: one problem per meta-step, the reference).")
 flags.DEFINE_integer("num_tasks", _D.num_tasks, "PES: trajectories (tasks) in the population; "
                      "one meta-step averages one truncation of each.")
 flags.DEFINE_integer("pes_particles", _D.pes_particles, "PES: particles per task, in "

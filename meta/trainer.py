@@ -93,6 +93,9 @@ class Options:
   meta_loss: str = "full"
   # Estimator (meta/estimators/): "tbptt" (the fields above) or "pes" (the fields below).
   estimator: str = "tbptt"
+  # TBPTT population: trajectories (tasks) advanced by every meta-step, whose meta-gradients
+  # are averaged into one update (1: the reference's one problem per meta-step).
+  tbptt_tasks: int = 1
   # PES population (peers.md §1.4, learned_optimization's stock recipe: 16 tasks, truncations
   # of 50, lengths log-uniform in 100-10,000). Particles are per task, in antithetic pairs.
   num_tasks: int = 8
@@ -175,6 +178,10 @@ class Options:
     need(self.meta_learning_rate > 0, "--meta_learning_rate must be > 0")
     need(self.estimator in estimators.NAMES,
          f"--estimator must be one of {estimators.NAMES}, got {self.estimator!r}")
+    need(self.tbptt_tasks >= 1, f"--tbptt_tasks must be >= 1, got {self.tbptt_tasks}")
+    need(self.tbptt_tasks == 1 or (self.estimator == "tbptt" and self.strategy == "default"),
+         f"--tbptt_tasks {self.tbptt_tasks} needs --estimator tbptt and --strategy default "
+         "(the strategies spread one problem over replicas or workers instead)")
     need(self.meta_optimizer in meta_optimizer.NAMES,
          f"--meta_optimizer must be one of {meta_optimizer.NAMES}, got {self.meta_optimizer!r}")
     need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1,

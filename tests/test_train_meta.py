@@ -434,6 +434,8 @@ def test_checkpoint_from_before_cpu_time_resumes(tmp_path):
     ({"max_unroll_steps": 5}, "--max_unroll_steps"),
     ({"keep_checkpoints": 0}, "--keep_checkpoints"),
     ({"max_memory_gb": -1.0}, "--max_memory_gb"),
+    ({"tbptt_tasks": 0}, "--tbptt_tasks"),
+    ({"tbptt_tasks": 2, "estimator": "pes"}, "--tbptt_tasks 2 needs"),
 ])
 def test_bad_options_fail_up_front(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -531,3 +533,72 @@ def test_multi_worker_two_processes(tmp_path):
   assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
   assert all(int(r["replicas"]) == 1 for r in rows)  # local replicas reported by the chief
   assert tf.train.latest_checkpoint(str(tmp_path / "mw" / "checkpoints")).endswith("ckpt-4")
+
+
+# --- the TBPTT population (--tbptt_tasks) -------------------------------------------------------
+
+class _Recorder:
+  """Wraps the trainer's Unroller and keeps the meta-gradients of every partial unroll."""
+
+  def __init__(self, unroller):
+    self.unroller, self.grads = unroller, []
+
+  def __call__(self, *args, **kwargs):
+    out = self.unroller(*args, **kwargs)
+    self.grads.append({k: v.numpy() for k, v in out.meta_grads.items()} if bool(out.finite)
+                      else None)
+    return out
+
+  def __getattr__(self, name):
+    return getattr(self.unroller, name)
+
+  def __len__(self):
+    return len(self.unroller)
+
+
+def test_tbptt_population_averages_every_tasks_meta_gradient(tmp_path):
+  trainer = trainer_lib.Trainer(_fast_options(tmp_path / "run", tbptt_tasks=3,
+                                              problems="quadratic_d25,bowl_k1"))
+  recorder = trainer.unroller = _Recorder(trainer.unroller)
+  applied = []
+  apply = trainer._apply
+  trainer._apply = lambda grads: (applied.append({k: v.numpy() for k, v in grads.items()}),
+                                  apply(grads))
+  unrolls = []
+  for step in range(3):
+    info = trainer.train_step()
+    assert info["problem"].startswith("3 tasks: ") and info["family"] == "population"
+    assert int(trainer.step) == step + 1
+    unrolls.append([t.unroll_index for t in trainer.estimator.slots])
+  assert len(recorder.grads) == 9                      # 3 partial unrolls per meta-step
+  for step in range(3):
+    grads = [g for g in recorder.grads[3 * step:3 * step + 3] if g is not None]
+    assert len(grads) == 3
+    for k, v in applied[step].items():
+      np.testing.assert_allclose(v, np.mean([g[k] for g in grads], axis=0), rtol=1e-6,
+                                 atol=1e-12, err_msg=k)
+  # Every task advanced by one partial unroll per meta-step (until its trajectory ended).
+  for before, after in zip(unrolls, unrolls[1:]):
+    assert all(a == b + 1 or a == 1 for a, b in zip(after, before))
+  assert len({t.problem for t in trainer.estimator.slots} |
+             {t.data_seeds[0] for t in trainer.estimator.slots}) > 1
+
+
+def test_tbptt_population_resumes_exactly(tmp_path):
+  options = dict(tbptt_tasks=2, problems="quadratic_d25,bowl_k1", max_steps=4)
+  straight = trainer_lib.Trainer(_fast_options(tmp_path / "straight", **options))
+  straight.run()
+  killed = trainer_lib.Trainer(_fast_options(tmp_path / "killed", checkpoint_every_steps=2,
+                                             **options))
+  killed.run(stop_after=2)
+  killed.train_step()                                  # lost with the "killed" process
+  resumed = trainer_lib.Trainer(_fast_options(tmp_path / "killed", **options))
+  assert resumed.step == 2 and len(resumed.estimator.slots) == 2
+  resumed.run()
+  for k, v in straight.meta.variables_by_name.items():
+    np.testing.assert_array_equal(resumed.meta.variables_by_name[k].numpy(), v.numpy(),
+                                  err_msg=k)
+  assert ([t.header() for t in resumed.estimator.slots] ==
+          [t.header() for t in straight.estimator.slots])
+  with pytest.raises(ValueError, match="--tbptt_tasks 2"):
+    trainer_lib.Trainer(_fast_options(tmp_path / "killed", **{**options, "tbptt_tasks": 3}))

@@ -28,20 +28,25 @@ log = logging.getLogger("train_meta")
 
 
 class TBPTT:
-  """Truncated BPTT over the trainer's sampled trajectories (one trajectory, or one per PS
-  worker). The trainer owns the meta-parameters, meta-optimizer, sampler and strategy."""
+  """Truncated BPTT over the trainer's sampled trajectories: one trajectory (per replica), one
+  per PS worker, or a population of `--tbptt_tasks` trajectories whose partial unrolls every
+  meta-step advances and averages. The trainer owns the meta-parameters, meta-optimizer,
+  sampler and strategy."""
 
   name = "tbptt"
 
   def __init__(self, trainer):
     self.trainer = trainer
     self.trajectory = None   # trainer.Trajectory of the synchronous strategies
-    self.slots = []          # parameter server: one trajectory per worker
+    self.slots = []          # parameter server: one trajectory per worker; or the population
     self._ps_functions = {}
+    self.population = trainer.options.tbptt_tasks > 1
 
   def step(self, coordinator=None) -> list[dict]:
     """One meta-step (one per worker slot under the parameter server): diagnostics rows."""
-    return self._ps_round(coordinator) if self.trainer.is_ps else [self.train_step()]
+    if self.trainer.is_ps:
+      return self._ps_round(coordinator)
+    return [self._population_step() if self.population else self.train_step()]
 
   def num_compiled(self) -> int:
     """Problems run so far (the trainer checks memory maps when this grows)."""
@@ -49,7 +54,7 @@ class TBPTT:
 
   def pack(self) -> bytes:
     """The in-flight trajectories as bytes for the checkpoint (TrainState.trajectories)."""
-    items = [self.trajectory] if not self.trainer.is_ps else self.slots
+    items = self.slots if self.trainer.is_ps or self.population else [self.trajectory]
     arrays, headers = {}, []
     for slot, trajectory in enumerate(items):
       if trajectory is None:
@@ -94,7 +99,12 @@ class TBPTT:
       # checkpoint is kept): train_step restarts those replicas from fresh parameters and
       # state, keeping the shared schedule so that all workers stay in step (documented).
       restored.append(trajectory)
-    if self.trainer.is_ps:
+    if restored and (self.population or len(restored) > 1 and not self.trainer.is_ps):
+      if len(restored) != self.trainer.options.tbptt_tasks:
+        raise ValueError(f"--train_dir {self.trainer.options.train_dir} holds a population of "
+                         f"{len(restored)} TBPTT tasks; resume with --tbptt_tasks "
+                         f"{len(restored)}")
+    if self.trainer.is_ps or self.population:
       self.slots = restored
     else:
       self.trajectory = restored[0] if restored else None
@@ -159,6 +169,44 @@ class TBPTT:
       trajectory.unroll_index = trajectory.num_unrolls
     self.trainer.train_state.step.assign_add(1)
     return info
+
+  def _population_step(self) -> dict:
+    """One partial unroll of every trajectory of the population, then one meta-update with
+    the mean of their (finite) meta-gradients. A diverged task ends its trajectory only."""
+    trainer = self.trainer
+    if len(self.slots) != trainer.options.tbptt_tasks:
+      self.slots = [None] * trainer.options.tbptt_tasks
+    meta = trainer.meta.as_dict()
+    total, num_valid, infos, start = None, 0, [], time.perf_counter()
+    for slot, trajectory in enumerate(self.slots):
+      previous = trajectory
+      if trajectory is None or trajectory.unroll_index >= trajectory.num_unrolls:
+        trajectory = self.slots[slot] = self._single_sampler().next_trajectory(previous)
+      problem = trainer.problems_by_name[trajectory.problem]
+      with profile.LEDGER.time("data"):
+        if trajectory.unroll_index == 0 or 0 not in trajectory.carries:
+          trajectory.carries = {0: self._start(trajectory, previous, 0)}
+        data = trainer._data(problem, trajectory.data_seeds[0])
+      num_steps = trainer.sampler.unroll_steps()
+      seed = trainer.sampler.step_seeds()[0]
+      began = time.perf_counter()
+      out = trainer.unroller(problem, meta, trajectory.carries[0], data, num_steps, seed)
+      finite = bool(out.finite)
+      if finite:
+        total = (dict(out.meta_grads) if total is None
+                 else {k: total[k] + out.meta_grads[k] for k in total})
+        num_valid += 1
+      trajectory.carries[0] = out.carry
+      trajectory.unroll_index += 1
+      infos.append(trainer._info(problem, trajectory, {0: out}, num_steps,
+                                 time.perf_counter() - began, not finite))
+      if not finite:
+        trajectory.unroll_index = trajectory.num_unrolls
+    if num_valid:
+      with profile.LEDGER.time("meta_update"):
+        trainer._apply({k: v / num_valid for k, v in total.items()})
+    trainer.train_state.step.assign_add(1)
+    return _population_info(infos, num_valid == 0, time.perf_counter() - start)
 
   def _mirrored_step(self, problem, trajectory, datas, num_steps, seeds):
     strategy = self.trainer.strategy
@@ -258,6 +306,26 @@ class TBPTT:
     single.rng = self.trainer.sampler.rng   # share the stream (and its checkpointed state)
     return single
 
+
+
+def _population_info(infos: list[dict], skipped: bool, elapsed: float) -> dict:
+  """One history row for a population meta-step (means over the tasks that stayed finite)."""
+  finite = [i for i in infos if not i["skipped"]] or infos
+  def mean(key):
+    return float(np.mean([i[key] for i in finite]))
+  steps = sum(i["steps"] for i in infos)
+  return {
+      "step": infos[0]["step"], "family": "population", "replicas": 1,
+      "problem": f"{len(infos)} tasks: " + ",".join(i["problem"] for i in infos),
+      "unroll": int(np.median([i["unroll"] for i in infos])),
+      "num_unrolls": int(np.median([i["num_unrolls"] for i in infos])),
+      "steps": steps, "meta_loss": mean("meta_loss"),
+      "final_relative_loss": mean("final_relative_loss"),
+      "log_lr_mean": mean("log_lr_mean"), "log_lr_std": mean("log_lr_std"),
+      "log_lr_min": min(i["log_lr_min"] for i in finite),
+      "log_lr_max": max(i["log_lr_max"] for i in finite),
+      "skipped": int(skipped), "inner_steps_per_sec": steps / max(elapsed, 1e-9),
+  }
 
 
 def _trainer_module():
