@@ -216,11 +216,9 @@ _PROCESS_START = time.perf_counter()
 
 
 def _rss_mb(field: str) -> float:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith(field + ":"):
-        return int(line.split()[1]) / 1024.0
-  return float("nan")
+  from meta import trainer as trainer_lib
+  value = trainer_lib.process_memory_bytes(field)
+  return value / 2**20 if value is not None else float("nan")
 
 
 def _child(spec: str) -> None:

@@ -314,12 +314,13 @@ def memory_map_count() -> int | None:
     return None
 
 
-def resident_bytes() -> int | None:
-  """This process's resident memory (Linux VmRSS), or None where /proc is not available."""
+def process_memory_bytes(field: str = "VmRSS") -> int | None:
+  """A memory figure of this process from Linux's /proc/self/status ("VmRSS": resident now,
+  "VmHWM": peak resident), or None where it is not available."""
   try:
     with open("/proc/self/status") as f:
       for line in f:
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
           return int(line.split()[1]) * 1024
   except (OSError, ValueError, IndexError):
     pass
@@ -735,21 +736,12 @@ class Trainer:
         if self._should_save(last_save_time, last_save_step):
           self.save()
           last_save_time, last_save_step = time.time(), self.step
-        check = (self.estimator.num_compiled() != compiled and self.can_hand_over
-                 and self.step < o.max_steps)
-        maps = memory_map_count() if check and self.map_budget else None
-        resident = resident_bytes() if check and self.memory_budget else None
-        if maps is not None and maps >= self.map_budget:
-          log.info("this process holds %d memory maps (budget %d, %d problems compiled): "
-                   "checkpointing at meta-step %d to continue in a fresh process",
-                   maps, self.map_budget, self.estimator.num_compiled(), self.step)
-          self.needs_fresh_process = True
-          break
-        if resident is not None and resident >= self.memory_budget:
-          log.info("this process holds %.1f GB resident (budget %.1f GB, %d functions "
-                   "compiled): checkpointing at meta-step %d to continue in a fresh process",
-                   resident / 2**30, self.memory_budget / 2**30,
-                   self.estimator.num_compiled(), self.step)
+        over = (self._over_budget() if self.estimator.num_compiled() != compiled
+                and self.can_hand_over and self.step < o.max_steps else None)
+        if over:
+          log.info("this process holds %s, %d functions compiled: checkpointing at meta-step "
+                   "%d to continue in a fresh process", over, self.estimator.num_compiled(),
+                   self.step)
           self.needs_fresh_process = True
           break
     finally:
@@ -762,6 +754,17 @@ class Trainer:
     if o.export and self.chief and not self.needs_fresh_process:
       self.export(o.export)
     return last_info
+
+  def _over_budget(self) -> str | None:
+    """What this process holds beyond --max_memory_maps or --max_memory_gb, if anything."""
+    maps = memory_map_count() if self.map_budget else None
+    if maps is not None and maps >= self.map_budget:
+      return f"{maps} memory maps (budget {self.map_budget})"
+    resident = process_memory_bytes() if self.memory_budget else None
+    if resident is not None and resident >= self.memory_budget:
+      return (f"{resident / 2**30:.1f} GB resident (budget "
+              f"{self.memory_budget / 2**30:.1f} GB)")
+    return None
 
   def _should_save(self, last_time, last_step) -> bool:
     o = self.options

@@ -99,7 +99,7 @@ class TBPTT:
       # checkpoint is kept): train_step restarts those replicas from fresh parameters and
       # state, keeping the shared schedule so that all workers stay in step (documented).
       restored.append(trajectory)
-    if restored and (self.population or len(restored) > 1 and not self.trainer.is_ps):
+    if restored and (self.population or (len(restored) > 1 and not self.trainer.is_ps)):
       if len(restored) != self.trainer.options.tbptt_tasks:
         raise ValueError(f"--train_dir {self.trainer.options.train_dir} holds a population of "
                          f"{len(restored)} TBPTT tasks; resume with --tbptt_tasks "
@@ -178,30 +178,16 @@ class TBPTT:
       self.slots = [None] * trainer.options.tbptt_tasks
     meta = trainer.meta.as_dict()
     total, num_valid, infos, start = None, 0, [], time.perf_counter()
-    for slot, trajectory in enumerate(self.slots):
-      previous = trajectory
-      if trajectory is None or trajectory.unroll_index >= trajectory.num_unrolls:
-        trajectory = self.slots[slot] = self._single_sampler().next_trajectory(previous)
-      problem = trainer.problems_by_name[trajectory.problem]
-      with profile.LEDGER.time("data"):
-        if trajectory.unroll_index == 0 or 0 not in trajectory.carries:
-          trajectory.carries = {0: self._start(trajectory, previous, 0)}
-        data = trainer._data(problem, trajectory.data_seeds[0])
-      num_steps = trainer.sampler.unroll_steps()
-      seed = trainer.sampler.step_seeds()[0]
+    for slot in range(len(self.slots)):
+      trajectory, problem, data, num_steps, seed = self._slot_unroll(slot)
       began = time.perf_counter()
       out = trainer.unroller(problem, meta, trajectory.carries[0], data, num_steps, seed)
-      finite = bool(out.finite)
-      if finite:
+      if bool(out.finite):
         total = (dict(out.meta_grads) if total is None
                  else {k: total[k] + out.meta_grads[k] for k in total})
         num_valid += 1
-      trajectory.carries[0] = out.carry
-      trajectory.unroll_index += 1
-      infos.append(trainer._info(problem, trajectory, {0: out}, num_steps,
-                                 time.perf_counter() - began, not finite))
-      if not finite:
-        trajectory.unroll_index = trajectory.num_unrolls
+      infos.append(self._slot_done(trajectory, problem, out, num_steps,
+                                   time.perf_counter() - began))
     if num_valid:
       with profile.LEDGER.time("meta_update"):
         trainer._apply({k: v / num_valid for k, v in total.items()})
@@ -268,18 +254,7 @@ class TBPTT:
       self.slots = [None] * self.trainer.num_replicas
     scheduled = []
     for slot in range(self.trainer.num_replicas):
-      trajectory = self.slots[slot]
-      previous = trajectory
-      if trajectory is None or trajectory.unroll_index >= trajectory.num_unrolls:
-        # Slot-local trajectories: one replica each (replica id 0 inside the slot).
-        trajectory = self._single_sampler().next_trajectory(previous)
-        self.slots[slot] = trajectory
-      problem = self.trainer.problems_by_name[trajectory.problem]
-      if trajectory.unroll_index == 0 or 0 not in trajectory.carries:
-        trajectory.carries = {0: self._start(trajectory, previous, 0)}
-      num_steps = self.trainer.sampler.unroll_steps()
-      seed = self.trainer.sampler.step_seeds()[0]
-      data = self.trainer._data(problem, trajectory.data_seeds[0])
+      trajectory, problem, data, num_steps, seed = self._slot_unroll(slot)
       fn = self._ps_function(problem)
       remote = coordinator.schedule(fn, args=(trajectory.carries[0], data,
                                               tf.constant(num_steps), tf.constant(seed)))
@@ -289,17 +264,39 @@ class TBPTT:
     for slot, problem, num_steps, remote, start in scheduled:
       out = remote.fetch()
       out = tf.nest.map_structure(tf.convert_to_tensor, out)
-      trajectory = self.slots[slot]
-      trajectory.carries[0] = out.carry
-      trajectory.unroll_index += 1
-      info = self.trainer._info(problem, trajectory, {0: out}, num_steps,
-                                time.perf_counter() - start, not bool(out.finite))
-      if not bool(out.finite):
-        trajectory.unroll_index = trajectory.num_unrolls
+      info = self._slot_done(self.slots[slot], problem, out, num_steps,
+                             time.perf_counter() - start)
       self.trainer.train_state.step.assign_add(1)
       info["step"] = self.trainer.step
       infos.append(info)
     return infos
+
+  def _slot_unroll(self, slot: int) -> tuple:
+    """Slot `slot`'s next partial unroll (parameter-server workers and the population; one
+    replica per slot, id 0): (trajectory, problem, data, num_steps, seed). Starts a new
+    trajectory, and its carry, where the last one ended."""
+    trajectory = previous = self.slots[slot]
+    if trajectory is None or trajectory.unroll_index >= trajectory.num_unrolls:
+      trajectory = self.slots[slot] = self._single_sampler().next_trajectory(previous)
+    problem = self.trainer.problems_by_name[trajectory.problem]
+    with profile.LEDGER.time("data"):
+      if trajectory.unroll_index == 0 or 0 not in trajectory.carries:
+        trajectory.carries = {0: self._start(trajectory, previous, 0)}
+      data = self.trainer._data(problem, trajectory.data_seeds[0])
+    num_steps = self.trainer.sampler.unroll_steps()
+    seed = self.trainer.sampler.step_seeds()[0]
+    return trajectory, problem, data, num_steps, seed
+
+  def _slot_done(self, trajectory, problem, out, num_steps: int, elapsed: float) -> dict:
+    """Keeps a slot's partial unroll and returns its diagnostics row; a diverged unroll ends
+    the slot's trajectory."""
+    finite = bool(out.finite)
+    trajectory.carries[0] = out.carry
+    trajectory.unroll_index += 1
+    info = self.trainer._info(problem, trajectory, {0: out}, num_steps, elapsed, not finite)
+    if not finite:
+      trajectory.unroll_index = trajectory.num_unrolls
+    return info
 
   def _single_sampler(self):
     single = _trainer_module().Sampler(self.trainer.options, self.trainer.pool, 1)
