@@ -1,6 +1,6 @@
-"""Configuration of the hierarchical RNN optimizer, with the paper and stable presets.
+"""Configuration of the hierarchical RNN optimizer, with its presets.
 
-Every size and switch of the optimizer lives in `HRNNConfig`. Two presets:
+Every size and switch of the optimizer lives in `HRNNConfig`. Presets:
 
 * `paper()`: seed paper 1 (Wichrowska et al. 2017) with the settings of the original code's
   `metarun.py` flags (hrnn_reference.md §1.1): GRU sizes 10/20/20, 4 momentum timescales,
@@ -19,6 +19,11 @@ Every size and switch of the optimizer lives in `HRNNConfig`. Two presets:
   meta-training next to Adam(2e-3), the reference of the validation rule and the benchmark.
   It needs its own meta-trained weights (a different state layout); `paper` and `stable` are
   unchanged.
+* `bounded()`: `lean()` with an anchored step length (`anchored_log_lr`): the log step length
+  mean-reverts to a learned anchor instead of integrating the RNN's deltas, so for any fixed
+  weights the step length is bounded and cannot climb over a long run (the failure of every
+  candidate meta-trained with long horizons so far). The initial learning rate is forgotten
+  after a few dozen steps (time constant 1 / (1 - sigmoid(log_lr_momentum_logit)) ~ 25 steps).
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ class HRNNConfig:
   use_attention: bool = False         # Nesterov-like attended point phi (eq. 6, 9).
   learned_decays: bool = True         # momentum / RMS decays read out of the RNN each step.
   max_log_lr: float = 33.0            # forward-only clip of the log step length.
+  # Step-length recurrence. False (paper eq. 8): the stored log step length is a running
+  # average of itself plus the RNN's delta, i.e. an integrator that can drift without bound.
+  # True ("anchored", our departure): the running average pulls toward a learned anchor plus
+  # the delta, so it stays within anchor +- the largest delta the readout can emit.
+  anchored_log_lr: bool = False
+  log_lr_anchor_init: float = -6.907755278982137  # log(1e-3): Keras' default learning rate.
 
   # Storage of the large per-parameter state (param_hidden, momentum, mean_square): "float32"
   # or "bfloat16" (half the memory; the step computes in float32 and rounds on store).
@@ -144,7 +155,12 @@ def lean() -> HRNNConfig:
                              nominal_step=2e-3)
 
 
-PRESETS = {"paper": paper, "stable": stable, "lean": lean}
+def bounded() -> HRNNConfig:
+  """`lean()` with the anchored (bounded) step length (see the module docstring)."""
+  return dataclasses.replace(lean(), anchored_log_lr=True)
+
+
+PRESETS = {"paper": paper, "stable": stable, "lean": lean, "bounded": bounded}
 
 
 def get(name_or_config: str | HRNNConfig | dict | None) -> HRNNConfig:

@@ -205,6 +205,8 @@ def meta_param_shapes(config: HRNNConfig) -> dict[str, tuple[int, ...]]:
     shapes["nominal/head/bias"] = (1,)
   if config.blackbox_gain:
     shapes["blackbox/gain"] = ()
+  if config.anchored_log_lr:
+    shapes["log_lr_anchor"] = ()   # where the anchored step length's running average pulls.
   return dict(sorted(shapes.items()))
 
 
@@ -255,6 +257,8 @@ def init_meta_params(config: HRNNConfig, seed: int = 0) -> dict[str, np.ndarray]
       values[name] = np.float32(math.log(config.nominal_step))
     elif name == "blackbox/gain":
       values[name] = np.float32(config.blackbox_gain_init)
+    elif name == "log_lr_anchor":
+      values[name] = np.float32(config.log_lr_anchor_init)
     else:  # pragma: no cover - every name above is handled
       raise AssertionError(f"no initialiser for meta-parameter {name}")
     values[name] = np.asarray(values[name], np.float32).reshape(shape)
@@ -569,7 +573,13 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
   delta_log_lr = _affine(meta, "readout/log_lr_delta", param_hidden)[:, 0]
   step_log_lr = _clip_forward(state.log_lr + delta_log_lr, config.max_log_lr)
   lr_momentum = tf.sigmoid(meta["log_lr_momentum_logit"])
-  log_lr = lr_momentum * state.log_lr + (1.0 - lr_momentum) * step_log_lr
+  if config.anchored_log_lr:
+    # Departure: the average pulls toward anchor + delta, not toward itself + delta, so
+    # |log_lr - anchor| <= max |delta| and the used step within anchor +- 2 max |delta|.
+    target = _clip_forward(meta["log_lr_anchor"] + delta_log_lr, config.max_log_lr)
+  else:
+    target = step_log_lr
+  log_lr = lr_momentum * state.log_lr + (1.0 - lr_momentum) * target
   blackbox = (tf.exp(step_log_lr + meta["log_step_offset"])[:, None] * direction)[:, 0]
   if config.blackbox_gain:
     blackbox = meta["blackbox/gain"] * blackbox

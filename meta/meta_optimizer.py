@@ -27,7 +27,7 @@ import tensorflow as tf
 # Scalar log-scale offsets whose zero is not "off": L2 would drag them towards a step length
 # of exp(0) = 1 or a log-lr momentum of 1/2. Seed paper 2's weight decay acts on the network
 # weights; its step multipliers are fixed constants, not meta-parameters, so we exclude ours.
-L2_EXCLUDED = ("log_step_offset", "nominal/log_step", "log_lr_momentum_logit")
+L2_EXCLUDED = ("log_step_offset", "nominal/log_step", "log_lr_momentum_logit", "log_lr_anchor")
 
 
 class MetaRMSProp(tf.Module):

@@ -349,3 +349,42 @@ def test_state_dtype_validation():
     config_lib.HRNNConfig(state_dtype="float16")
   assert config_lib.get("lean").state_dtype == "bfloat16"
   assert config_lib.paper().state_dtype == config_lib.stable().state_dtype == "float32"
+
+
+def test_anchored_step_length_is_bounded_where_the_paper_recurrence_drifts():
+  """A constant positive log-lr delta makes the paper's step length climb every step (eq. 8 is
+  an integrator); the `bounded` preset's anchored average settles at anchor + delta instead,
+  from any initial learning rate."""
+  bounded = config_lib.bounded()
+  lean = config_lib.lean()
+  assert bounded.anchored_log_lr and not lean.anchored_log_lr
+  assert "log_lr_anchor" in hrnn.meta_param_shapes(bounded)
+  assert "log_lr_anchor" not in hrnn.meta_param_shapes(lean)
+  grads = [random_grads(SHAPES, seed=i) for i in range(3)] * 100   # 300 steps
+  delta, anchor = 0.5, math.log(3e-4)
+  means = {}
+  for name, cfg in (("lean", lean), ("bounded", bounded)):
+    values = hrnn.init_meta_params(cfg, 0)
+    values["readout/log_lr_delta/bias"] = np.full((1,), delta, np.float32)
+    values["blackbox/gain"] = np.float32(1.0)
+    if cfg.anchored_log_lr:
+      values["log_lr_anchor"] = np.float32(anchor)
+    meta = {k: tf.constant(v) for k, v in values.items()}
+    for log_lr in (math.log(1e-6), math.log(1e-2)):
+      updates, state = run(cfg, grads, meta=meta, log_lr=log_lr)
+      means[name, log_lr] = float(tf.reduce_mean(state.log_lr))
+      assert all(np.all(np.isfinite(u.numpy())) for u in updates[-1])
+  for log_lr in (math.log(1e-6), math.log(1e-2)):
+    # gamma = sigmoid(3.2): the paper's recurrence climbs (1 - gamma) * delta per step.
+    assert means["lean", log_lr] > log_lr + 0.8 * 300 * (1 - 1 / (1 + math.exp(-3.2))) * delta
+    assert means["bounded", log_lr] == pytest.approx(anchor + delta, abs=0.01)
+
+
+def test_untrained_bounded_matches_untrained_lean():
+  """With the blackbox gain at zero the step length is unused, so the untrained `bounded`
+  optimizer takes exactly the untrained `lean` optimizer's steps."""
+  grads = [random_grads(SHAPES, seed=i) for i in range(5)]
+  lean_updates, _ = run(config_lib.lean(), grads)
+  bounded_updates, _ = run(config_lib.bounded(), grads)
+  for a, b in zip(lean_updates[-1], bounded_updates[-1]):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

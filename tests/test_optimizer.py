@@ -469,7 +469,7 @@ def test_mirrored_strategy_large_model():
   assert "MIRRORED_LARGE_OK" in result.stdout, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("preset", ["stable", "lean"])
+@pytest.mark.parametrize("preset", ["stable", "lean", "bounded"])
 def test_plain_tf_step_matches_functional(preset):
   """jit_step=False (the step as plain TF ops) follows hrnn.step too."""
   init, loss = quadratic_problem()
