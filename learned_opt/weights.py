@@ -120,3 +120,53 @@ def load(name_or_path: str | os.PathLike,
   meta = {k: v.astype(np.float32, copy=False) for k, v in meta.items()}
   hrnn.check_meta_values(meta, config, source=f"weights file {path}")
   return Weights(meta=meta, config=config, provenance=provenance, path=str(path))
+
+
+# Switches a warm start may turn on: the file's meta-parameters are kept, and the ones the
+# switch adds start at their initial values (the optimizer is the file's until they move).
+WARM_START_SWITCHES = {"anchored_log_lr": ("log_lr_anchor_init",)}
+
+
+def load_for(name_or_path: str | os.PathLike, config: config_lib.HRNNConfig) -> Weights:
+  """`load(name_or_path, config)`, except that a file made with a switch of
+  WARM_START_SWITCHES off, and otherwise the same config, is accepted for a config with it on:
+  its meta-parameters, plus the switch's new ones at their initial values. This is how a
+  `bounded` run warm-starts from `lean` weights; the result's provenance says so. Any other
+  difference is refused, as by `load`."""
+  loaded = load(name_or_path)
+  if loaded.config == config:
+    return loaded
+  diff = loaded.config.diff(config)
+  turned_on = [k for k in WARM_START_SWITCHES if k in diff and not diff[k][0] and diff[k][1]]
+  allowed = set(turned_on) | {f for k in turned_on for f in WARM_START_SWITCHES[k]}
+  if not turned_on or not set(diff) <= allowed:
+    return load(name_or_path, config)   # raises, naming the differences
+  initial = hrnn.init_meta_params(config, 0)
+  meta = {k: loaded.meta[k] if k in loaded.meta else initial[k]
+          for k in hrnn.meta_param_shapes(config)}
+  hrnn.check_meta_values(meta, config, source=f"weights file {loaded.path} under {turned_on}")
+  provenance = {**loaded.provenance, "switched_on": turned_on,
+                "switched_from_config": loaded.config.to_dict()}
+  return Weights(meta=meta, config=config, provenance=provenance, path=loaded.path)
+
+
+def main(argv=None) -> None:
+  """python -m learned_opt.weights --switch_on anchored_log_lr SRC DST: writes SRC's
+  meta-parameters under the switched-on config to DST (never over SRC)."""
+  import argparse
+  parser = argparse.ArgumentParser(prog="python -m learned_opt.weights", description=main.__doc__)
+  parser.add_argument("--switch_on", required=True, choices=sorted(WARM_START_SWITCHES))
+  parser.add_argument("src")
+  parser.add_argument("dst")
+  args = parser.parse_args(argv)
+  src = load(args.src)
+  if Path(args.dst).resolve() == resolve(args.src).resolve():
+    parser.error(f"DST {args.dst} is SRC; write the switched weights to a new file")
+  config = config_lib.HRNNConfig(**{**src.config.to_dict(), args.switch_on: True})
+  switched = load_for(args.src, config)
+  save(args.dst, switched.meta, config, switched.provenance)
+  print(f"wrote {args.dst}: {args.src} with {args.switch_on} on")
+
+
+if __name__ == "__main__":
+  main()

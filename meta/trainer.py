@@ -221,7 +221,7 @@ class Options:
          f"got {self.guard_steps}")
     if not errors and self.init_weights:
       try:
-        weights_lib.load(self.init_weights, config_lib.get(self.config))
+        weights_lib.load_for(self.init_weights, config_lib.get(self.config))
       except (OSError, ValueError) as e:
         errors.append(f"--init_weights: {e}")
     if not errors and self.validate_every:
@@ -565,14 +565,14 @@ class Trainer:
   def _warm_start(self) -> None:
     """Sets the meta-parameters of a fresh run from --init_weights (checked in validate();
     the loader refuses a file whose meta-parameters do not match the config)."""
-    loaded = weights_lib.load(self.options.init_weights, self.config)
+    loaded = weights_lib.load_for(self.options.init_weights, self.config)
     for name, variable in self.meta.variables_by_name.items():
       variable.assign(loaded.meta[name])
     parent = loaded.provenance or {}
     # Kept in run_config.json: a shipped name may later name another file.
     self.init_record = {"weights": repo_relative(loaded.path), **{
         k: parent[k] for k in ("meta_steps", "cpu_hours", "cpu_hours_total", "train_dir",
-                               "git_commit", "init_weights") if k in parent}}
+                               "git_commit", "init_weights", "switched_on") if k in parent}}
     log.info("warm start: meta-parameters from %s (%s meta-steps)", loaded.path,
              parent.get("meta_steps"))
 

@@ -602,3 +602,38 @@ def test_tbptt_population_resumes_exactly(tmp_path):
           [t.header() for t in straight.estimator.slots])
   with pytest.raises(ValueError, match="--tbptt_tasks 2"):
     trainer_lib.Trainer(_fast_options(tmp_path / "killed", **{**options, "tbptt_tasks": 3}))
+
+
+def test_bounded_run_warm_starts_from_lean_weights(tmp_path):
+  """A `bounded` run may start from `lean` weights (the anchored step length is a switch that
+  adds one meta-parameter): every lean meta-parameter is kept, log_lr_anchor starts at its
+  initial value, the provenance names the switch; `learned_opt.weights --switch_on` writes the
+  same file and refuses to overwrite its source; any other config difference is refused."""
+  from learned_opt import config as config_lib
+  from learned_opt import hrnn
+  lean = config_lib.lean()
+  values = hrnn.init_meta_params(lean, 3)
+  values["blackbox/gain"] = np.float32(0.25)
+  src = weights_io.save(tmp_path / "lean.npz", values, lean, {"meta_steps": 5})
+  child = trainer_lib.Trainer(_fast_options(tmp_path / "child", config="bounded", max_steps=0,
+                                            init_weights=str(src)))
+  got = {k: v.numpy() for k, v in child.meta.variables_by_name.items()}
+  assert set(got) == set(values) | {"log_lr_anchor"}
+  for name, value in values.items():
+    np.testing.assert_array_equal(got[name], value)
+  assert got["log_lr_anchor"] == np.float32(config_lib.bounded().log_lr_anchor_init)
+  assert child.init_record["switched_on"] == ["anchored_log_lr"]
+  weights_io.main(["--switch_on", "anchored_log_lr", str(src), str(tmp_path / "b.npz")])
+  switched = weights_io.load(tmp_path / "b.npz", config_lib.bounded())
+  assert switched.provenance["meta_steps"] == 5
+  for name in values:
+    np.testing.assert_array_equal(switched.meta[name], values[name])
+  before = src.read_bytes()
+  with pytest.raises(SystemExit):
+    weights_io.main(["--switch_on", "anchored_log_lr", str(src), str(src)])
+  assert src.read_bytes() == before
+  # Only switching on: bounded weights do not load as lean, nor lean ones as stable.
+  with pytest.raises(ValueError, match="another config"):
+    weights_io.load_for(tmp_path / "b.npz", lean)
+  with pytest.raises(ValueError, match="another config"):
+    weights_io.load_for(src, config_lib.stable())
