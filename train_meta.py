@@ -69,6 +69,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from absl import app
@@ -270,6 +271,9 @@ def main(argv):
                                          " ".join(sys.argv))
     sys.stdout.flush()
     sys.stderr.flush()
+    # The kernel carries the process's CPU time across exec; the new image must not count
+    # what this one already recorded.
+    os.environ[trainer_lib.CPU_BEFORE_EXEC_ENV] = repr(time.process_time())
     os.execv(sys.executable, [sys.executable] + sys.argv)
   return 0
 

@@ -301,6 +301,16 @@ def repo_relative(path) -> str:
 
 
 _START_UP_CLAIMED = False   # whether a Trainer of this process already counts its start-up CPU
+# Set by train_meta.py before it re-executes itself: the process CPU time already recorded by
+# the previous image (the kernel keeps counting across exec).
+CPU_BEFORE_EXEC_ENV = "LEARNED_OPT_CPU_BEFORE_EXEC"
+
+
+def _cpu_before_exec() -> float:
+  try:
+    return max(0.0, float(os.environ.pop(CPU_BEFORE_EXEC_ENV, "0")))
+  except ValueError:
+    return 0.0
 
 MAPS_PER_PROBLEM = 900   # measured: ~800 memory maps per XLA-compiled problem (unroll + loss)
 
@@ -508,7 +518,7 @@ class Trainer:
     global _START_UP_CLAIMED
     # The first trainer of a process counts from its start (imports, setup); a later one from
     # its own construction.
-    self._cpu_mark = time.process_time() if _START_UP_CLAIMED else 0.0
+    self._cpu_mark = time.process_time() if _START_UP_CLAIMED else _cpu_before_exec()
     _START_UP_CLAIMED = True
     limit = memory_map_limit()
     kernel_budget = int(0.9 * limit) if limit else 0

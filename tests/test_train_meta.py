@@ -251,7 +251,9 @@ def test_memory_budget_hands_over_to_a_fresh_process_exactly(tmp_path, budget, r
 
   A budget of 1 map (or 1 MB) is always exceeded, so each process does one meta-step (the one
   that compiles) and hands over: 2 meta-steps take 2 processes."""
+  import resource
   total = 2
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   proc = _run_script(["--train_dir", str(tmp_path / "run"), "--problems", "quadratic_d25",
                       "--min_unroll_steps", "10", "--unroll_steps_scale", "10",
                       "--max_unroll_steps", "64", "--num_unrolls_scale", "2",
@@ -259,6 +261,12 @@ def test_memory_budget_hands_over_to_a_fresh_process_exactly(tmp_path, budget, r
                       "--export", str(tmp_path / "w.npz")] + budget)
   output = proc.communicate(timeout=400)[0]
   assert proc.returncode == 0, output
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+  # The kernel keeps a process's CPU time across exec: the recorded CPU time of the run must
+  # not count the first process twice (it once did), nor lose either process.
+  recorded = weights_io.load(tmp_path / "w.npz").provenance["cpu_hours"] * 3600
+  assert 0.6 * used <= recorded <= used + 2.0, (recorded, used)
   assert output.count("continuing in a fresh process") == total - 1, output
   assert output.count(reason) == total - 1, output
   straight = trainer_lib.Trainer(_fast_options(tmp_path / "straight", max_steps=total))
