@@ -45,15 +45,18 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     model.compile(optimizer=learned_opt.LearnedOptimizer(), loss=...)
 
   Args:
-    learning_rate: the initial step length (the RNN adapts it from there, paper §5.4). The
-      first update of each parameter has length about learning_rate * exp(offset), with the
-      learned offset (-1 untrained). A schedule or a later change of the learning rate (e.g.
-      ReduceLROnPlateau) multiplies every update by lr_now / lr_initial on top of the RNN's
-      own step length.
+    learning_rate: the initial step length of the RNN term (the RNN adapts it from there,
+      paper §5.4). The first update of each parameter has length about
+      learning_rate * exp(offset), with the learned offset (-1 untrained). Under the shipped
+      default (config `bounded`) the step length then relaxes to a learned anchor within a few
+      dozen steps, so the initial value matters only at the start; the nominal (Adam-like)
+      term of the `stable`, `lean` and `bounded` presets does not read it. A schedule or a
+      later change of the learning rate (e.g. ReduceLROnPlateau) multiplies every update by
+      lr_now / lr_initial on top of the optimizer's own step length.
     weights: name of a shipped weights file ("default", "paper"; see
       `learned_opt.weights.shipped()`), a path to a file written by `train_meta.py --export`,
       or None for the untrained reference initialisation.
-    config: an HRNNConfig, a preset name ("paper", "stable") or dict. With a weights file it
+    config: an HRNNConfig, a preset name ("paper", "stable", "lean", "bounded") or dict. With a weights file it
       must match the file's config (or be None: the file's config is used).
     seed: seed of the untrained initialisation (weights=None only).
     jit_step: compile the optimizer step with XLA even when the model is not (default True;
