@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 import learned_opt
+from learned_opt import config as config_lib
 from benchmarks import keras_tasks
 from benchmarks import suite
 
@@ -68,10 +69,15 @@ def describe_weights(optimizer) -> str:
   p = optimizer.weights_provenance or {}
   if not p or str(p.get("source", "")).startswith("untrained"):
     return "untrained initialisation (no meta-trained weights)"
-  parts = [f"config '{p['config_preset']}'" if p.get("config_preset") else "weights file"]
+  preset = next((name for name, make in config_lib.PRESETS.items()
+                 if make() == optimizer.hrnn_config), None)
+  parts = [f"config '{preset}'" if preset else "weights file"]
   if p.get("meta_steps") is not None:
-    parent = (p.get("init_weights") or {}).get("meta_steps") or 0   # a warm-started run's
-    parts.append(f"{p['meta_steps'] + parent:,} meta-steps")
+    steps, link = 0, p   # a warm-started run's parents, back to the first run
+    while isinstance(link, dict) and link.get("meta_steps") is not None:
+      steps += int(link["meta_steps"])
+      link = link.get("init_weights")
+    parts.append(f"{steps:,} meta-steps")
   hours = p.get("cpu_hours_total", p.get("cpu_hours"))
   if hours is not None:
     parts.append(f"{hours:.2f} CPU-hours of meta-training")

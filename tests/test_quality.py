@@ -185,3 +185,19 @@ def test_benchmark_modules_define_no_flags_at_import():
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        check=True)
   assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_demo_describes_the_shipped_default_by_its_config_and_whole_chain():
+  """The demo names the weights' actual preset (the shipped default's provenance says the run
+  was `lean`; the file is `bounded`) and counts the meta-steps of every warm-started parent."""
+  import demo
+  import learned_opt
+  from learned_opt import weights as weights_lib
+  line = demo.describe_weights(learned_opt.LearnedOptimizer())
+  config = weights_lib.load("default").config
+  assert f"config '{'bounded' if config.anchored_log_lr else 'lean'}'" in line, line
+  steps, link = 0, weights_lib.load("default").provenance
+  while isinstance(link, dict) and link.get("meta_steps") is not None:
+    steps += link["meta_steps"]
+    link = link.get("init_weights")
+  assert f"{steps:,} meta-steps" in line and steps > 20_000, line
