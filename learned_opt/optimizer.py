@@ -56,8 +56,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     weights: name of a shipped weights file ("default", "paper"; see
       `learned_opt.weights.shipped()`), a path to a file written by `train_meta.py --export`,
       or None for the untrained reference initialisation.
-    config: an HRNNConfig, a preset name ("paper", "stable", "lean", "bounded") or dict. With a weights file it
-      must match the file's config (or be None: the file's config is used).
+    config: an HRNNConfig, a preset name ("paper", "stable", "lean", "bounded") or dict.
+      With a weights file it must match the file's config (or be None: the file's config is
+      used).
     seed: seed of the untrained initialisation (weights=None only).
     jit_step: compile the optimizer step with XLA even when the model is not (default True;
       False runs it as plain TF ops, e.g. where XLA is unavailable).

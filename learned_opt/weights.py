@@ -134,13 +134,22 @@ def load_for(name_or_path: str | os.PathLike, config: config_lib.HRNNConfig) -> 
   `bounded` run warm-starts from `lean` weights; the result's provenance says so. Any other
   difference is refused, as by `load`."""
   loaded = load(name_or_path)
+  switched = _switched(loaded, config)
+  if switched is None:
+    return load(name_or_path, config)   # raises, naming the differences
+  return switched
+
+
+def _switched(loaded: Weights, config: config_lib.HRNNConfig) -> Weights | None:
+  """`loaded` under `config` (itself when the configs are equal), or None when `config`
+  differs by more than switching on WARM_START_SWITCHES."""
   if loaded.config == config:
     return loaded
   diff = loaded.config.diff(config)
   turned_on = [k for k in WARM_START_SWITCHES if k in diff and not diff[k][0] and diff[k][1]]
   allowed = set(turned_on) | {f for k in turned_on for f in WARM_START_SWITCHES[k]}
   if not turned_on or not set(diff) <= allowed:
-    return load(name_or_path, config)   # raises, naming the differences
+    return None
   initial = hrnn.init_meta_params(config, 0)
   meta = {k: loaded.meta[k] if k in loaded.meta else initial[k]
           for k in hrnn.meta_param_shapes(config)}
@@ -160,11 +169,11 @@ def main(argv=None) -> None:
   parser.add_argument("dst")
   args = parser.parse_args(argv)
   src = load(args.src)
-  if Path(args.dst).resolve() == resolve(args.src).resolve():
+  if Path(args.dst).resolve() == Path(src.path).resolve():
     parser.error(f"DST {args.dst} is SRC; write the switched weights to a new file")
-  config = config_lib.HRNNConfig(**{**src.config.to_dict(), args.switch_on: True})
-  switched = load_for(args.src, config)
-  save(args.dst, switched.meta, config, switched.provenance)
+  switched = _switched(src, config_lib.HRNNConfig(**{**src.config.to_dict(),
+                                                     args.switch_on: True}))
+  save(args.dst, switched.meta, switched.config, switched.provenance)
   print(f"wrote {args.dst}: {args.src} with {args.switch_on} on")
 
 

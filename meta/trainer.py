@@ -312,6 +312,7 @@ def _cpu_before_exec() -> float:
   except ValueError:
     return 0.0
 
+
 MAPS_PER_PROBLEM = 900   # measured: ~800 memory maps per XLA-compiled problem (unroll + loss)
 
 
