@@ -398,22 +398,33 @@ def sample_initial_log_lr(layout: Layout, seed, lr_range=(1e-6, 1e-2),
 # --------------------------------------------------------------------------------------------
 
 def _bias_gru(meta: MetaParamsDict, prefix: str, x: tf.Tensor, h: tf.Tensor,
-              injected_bias: tf.Tensor | None) -> tf.Tensor:
+              injected_bias: tf.Tensor | None, broadcast=None) -> tf.Tensor:
   """GRU with an externally injected bias (hrnn_reference.md §1.4).
 
-  injected_bias is [rows or 1, 3*units] split into (reset, update, candidate) parts. The update
-  gate u multiplies the *old* state: h' = u * h + (1 - u) * c.
+  injected_bias is [rows or 1, 3*units] split into (reset, update, candidate) parts; with
+  `broadcast` (a [T, k] -> [N, k] function) it is per tensor and broadcast to the rows here,
+  separately for the gates and the candidate so that each broadcast fuses into its one use.
+  The update gate u multiplies the *old* state: h' = u * h + (1 - u) * c.
+
+  The gates and the candidate's input part are one [rows, in + units] x [in + units, 3 units]
+  matmul (the candidate does not see h there, so that block of the kernel is zero): one pass
+  over the rows instead of three, the same sums up to float round-off.
   """
   units = h.shape[-1]
-  gates = (tf.matmul(x, meta[f"{prefix}/gates/kernel_x"])
-           + tf.matmul(h, meta[f"{prefix}/gates/kernel_h"]) + meta[f"{prefix}/gates/bias"])
-  cand_bias = meta[f"{prefix}/candidate/bias"]
+  kernel = tf.concat([
+      tf.concat([meta[f"{prefix}/gates/kernel_x"], meta[f"{prefix}/candidate/kernel_x"]], 1),
+      tf.concat([meta[f"{prefix}/gates/kernel_h"], tf.zeros([units, units], tf.float32)], 1),
+  ], 0)
+  bias = tf.concat([meta[f"{prefix}/gates/bias"], meta[f"{prefix}/candidate/bias"]], 0)
+  pre = tf.matmul(tf.concat([x, h], axis=1), kernel) + bias                 # [rows, 3 units]
+  gates, cand_pre = pre[:, :2 * units], pre[:, 2 * units:]
   if injected_bias is not None:
-    gates = gates + injected_bias[:, :2 * units]
-    cand_bias = cand_bias + injected_bias[:, 2 * units:]
+    gate_bias, cand_bias = injected_bias[:, :2 * units], injected_bias[:, 2 * units:]
+    if broadcast is not None:
+      gate_bias, cand_bias = broadcast(gate_bias), broadcast(cand_bias)
+    gates, cand_pre = gates + gate_bias, cand_pre + cand_bias
   reset, update = tf.split(tf.sigmoid(gates), 2, axis=-1)
-  candidate = tf.tanh(tf.matmul(x, meta[f"{prefix}/candidate/kernel_x"])
-                      + tf.matmul(reset * h, meta[f"{prefix}/candidate/kernel_h"]) + cand_bias)
+  candidate = tf.tanh(cand_pre + tf.matmul(reset * h, meta[f"{prefix}/candidate/kernel_h"]))
   return update * h + (1.0 - update) * candidate
 
 
@@ -530,9 +541,10 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
   x = tf.concat(features, axis=1)                                                   # [N, F]
 
   # Parameter GRU with biases from the previous Tensor and Global states (eq. 10).
-  param_bias = (seg.broadcast(_affine(meta, "param_bias_from_tensor", state.tensor_hidden))
+  param_bias = (_affine(meta, "param_bias_from_tensor", state.tensor_hidden)         # [T, 3K_P]
                 + _affine(meta, "param_bias_from_global", state.global_hidden))
-  param_hidden = _bias_gru(meta, "param_rnn", x, state.param_hidden, param_bias)   # [N, K_P]
+  param_hidden = _bias_gru(meta, "param_rnn", x, state.param_hidden, param_bias,
+                           broadcast=seg.broadcast)                                 # [N, K_P]
 
   # Tensor GRU on the per-tensor mean of [new parameter state, inputs] (eq. 11).
   tensor_input = tf.concat([seg.mean(param_hidden), seg.mean(x)], axis=1)           # [T, ...]

@@ -179,12 +179,28 @@ def test_benchmark_modules_define_no_flags_at_import():
   # Flags defined at import collide when two command modules meet in one process (pytest).
   import subprocess
   code = ("import benchmarks.ablation, benchmarks.quality, benchmarks.step_time, "
-          "benchmarks.meta_speed, meta.plot_history, learned_opt.stability\n"
+          "benchmarks.meta_speed, benchmarks.fit_time, meta.plot_history, "
+          "learned_opt.stability\n"
           "from absl import flags\n"
           "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if not m.startswith(('absl', 'tensorflow'))))")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        check=True)
   assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_fit_time_table_reports_the_optimizer_cost_in_wall_and_cpu_time():
+  """The µs-per-parameter columns subtract SGD's step from the same model's, wall and CPU."""
+  from benchmarks import fit_time
+  def row(opt, wall_ms, cpu_ms):
+    return {"model": "m", "optimizer": opt, "jit": False, "batch": 32, "params": 1000,
+            "variables": 2, "first_epoch_wall_s": 1.0, "first_epoch_cpu_s": 2.0,
+            "step_ms": wall_ms, "step_cpu_ms": cpu_ms, "apply_us": 150.0, "apply_cpu_us": 300.0}
+  text = fit_time.table([row("adam", 2.0, 3.0), row("sgd", 1.0, 1.5), row("learned", 1.5, 2.5)])
+  learned = next(line for line in text.splitlines() if "| learned |" in line)
+  cells = [c.strip() for c in learned.strip("|").split("|")]
+  assert cells[8] == "0.83"                # step / Adam, CPU: 2.5 / 3.0
+  assert cells[10] == "0.500 (1.000)"      # (1.5 - 1.0) ms wall, (2.5 - 1.5) ms CPU per 1000
+  assert cells[11] == "0.150 (0.300)"
 
 
 def test_demo_describes_the_shipped_default_by_its_config_and_whole_chain():
