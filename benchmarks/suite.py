@@ -20,7 +20,9 @@ subset of <= 2048 training samples) every steps/--curve_points steps, the final 
 (accuracy, or MSE for regression), wall and CPU seconds of `fit`. Per task, for each learned
 optimizer: final training loss, test metric, speedup = (steps Adam(2e-3) needs to reach its
 own final training loss) / (steps the learned optimizer needs to reach it), 0 if never, and
-the wall-time ratio to Adam(2e-3). Summary: wins (lower final training loss) against every
+the wall-time ratio to Adam(2e-3), reported only when both runs were timed by the same process
+(with --retime_reference, the default, Adam(2e-3) is re-run beside every fresh learned run
+whose reference came from the cache). Summary: wins (lower final training loss) against every
 baseline, interquartile mean (IQM) over tasks of the normalised final loss (learned / tuned
 Adam, 1 = as good as tuned Adam) and of the speedup, and divergences (a non-finite loss, or a
 final loss above the initial one).
@@ -42,8 +44,10 @@ import hashlib
 import json
 import math
 import os
+import platform
 import re
 import time
+import uuid
 from typing import Callable, Sequence
 
 from absl import app, flags
@@ -61,6 +65,10 @@ TUNED = "Adam tuned"
 UNTRAINED = "learned:untrained-stable"
 TRAIN_SUBSET = 2048
 CACHE_FORMAT = 1
+# Runs made by this process share this id; wall and CPU ratios are only reported between runs
+# with the same id (timed side by side), never between a fresh run and one cached on another
+# machine or under another load.
+TIMING_SESSION = uuid.uuid4().hex[:12]
 
 
 # ---- optimizers -------------------------------------------------------------------------------
@@ -177,6 +185,23 @@ def iqm(values: Sequence[float]) -> float:
   return float(np.mean(middle))
 
 
+def timed_together(a: dict, b: dict) -> bool:
+  """Whether two runs were timed by one process (so their time ratio means something)."""
+  session = (a.get("timing") or {}).get("session")
+  return session is not None and session == (b.get("timing") or {}).get("session")
+
+
+def machine() -> str:
+  """What the timings were taken on (recorded with every run)."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"{model}, {os.cpu_count()} cores"
+
+
 def task_summary(runs: dict[str, dict], learned: Sequence[str]) -> dict:
   """Tuned Adam, and per learned optimizer: final loss, metric, speedup, time ratio."""
   reference = runs[REFERENCE]
@@ -190,8 +215,10 @@ def task_summary(runs: dict[str, dict], learned: Sequence[str]) -> dict:
         "speedup": speedup(reference, run),
         "steps_to_adam_final": steps_to_reach(run["steps"], run["losses"],
                                               reference["final_loss"]),
-        "wall_ratio": run["wall_seconds"] / max(reference["wall_seconds"], 1e-9),
-        "cpu_ratio": run["cpu_seconds"] / max(reference["cpu_seconds"], 1e-9),
+        "wall_ratio": (run["wall_seconds"] / max(reference["wall_seconds"], 1e-9)
+                       if timed_together(run, reference) else None),
+        "cpu_ratio": (run["cpu_seconds"] / max(reference["cpu_seconds"], 1e-9)
+                      if timed_together(run, reference) else None),
         "normalised_loss": finite_or_inf(run["final_loss"]) / max(
             finite_or_inf(tuned["final_loss"]), 1e-12) if tuned else math.nan,
         "diverged": run["diverged"],
@@ -375,6 +402,7 @@ class Options:
   jit_compile: bool | str | None = None         # None: each task's own setting
   cache: str | None = "benchmarks/results/suite_cache"
   out: str = "benchmarks/results/suite"
+  retime_reference: bool = True                 # re-run a cached Adam(2e-3) beside fresh runs
 
 
 def run(options: Options) -> dict:
@@ -417,10 +445,17 @@ def run(options: Options) -> dict:
       if options.jit_compile is not None:
         key += f"-jit{options.jit_compile}"
       cached = cache_load(options.cache, key)
+      if (cached is not None and spec.label == REFERENCE and options.retime_reference
+          and any(timed_together(runs[label], {"timing": {"session": TIMING_SESSION}})
+                  for label in labels if label in runs)
+          and not timed_together(cached, {"timing": {"session": TIMING_SESSION}})):
+        cached = None   # a learned run is fresh: time the reference beside it.
       if cached is None:
         run_result = run_one(task, data, init_weights, spec.make(), options.seed,
                              options.curve_points, steps, options.jit_compile)
         run_result["optimizer"] = spec.label
+        run_result["timing"] = {"session": TIMING_SESSION, "machine": machine(),
+                                "load_average": os.getloadavg()[0]}
         cache_store(options.cache, key, run_result)
       else:
         run_result = cached
@@ -496,7 +531,7 @@ def markdown(results: dict) -> str:
   for label in learned:
     lines += ["", f"{label}: test metric (accuracy, or MSE for regression tasks), speedup "
               "(Adam(2e-3)'s steps to its final loss / learned steps to it; 0 = never), time "
-              "ratio to Adam(2e-3).", "",
+              "ratio to Adam(2e-3) (\"-\": the two runs were not timed by one process).", "",
               "| task | metric | learned | Adam(2e-3) | Adam tuned | speedup | wall ratio | "
               "CPU ratio |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, task in tasks.items():
@@ -604,6 +639,8 @@ def define_flags():
   flags.DEFINE_float("learning_rate", 1e-3, "LearnedOptimizer's initial step length.")
   flags.DEFINE_string("cache", "benchmarks/results/suite_cache", "Baseline cache directory "
                       "('' = no cache).")
+  flags.DEFINE_bool("retime_reference", True, "Re-run a cached Adam(2e-3) beside every fresh "
+                    "learned run, so that time ratios compare runs timed side by side.")
   flags.DEFINE_string("name", "suite", "Results go to benchmarks/results/<name>/.")
   flags.DEFINE_string("out", None, "Output directory (overrides --name).")
 
@@ -614,6 +651,7 @@ def main(argv):
   run(Options(weights=weights, tasks=FLAGS.tasks, baselines=FLAGS.baselines, seed=FLAGS.seed,
               curve_points=FLAGS.curve_points, steps=FLAGS.steps,
               learning_rate=FLAGS.learning_rate, cache=FLAGS.cache or None,
+              retime_reference=FLAGS.retime_reference,
               out=FLAGS.out or os.path.join("benchmarks", "results", FLAGS.name)))
 
 

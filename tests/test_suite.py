@@ -6,6 +6,7 @@ of the three sets: benchmark, validation, meta-training (issue 17).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -27,11 +28,12 @@ NAN, INF = float("nan"), float("inf")
 
 # ---- metrics on hand-made curves --------------------------------------------------------------
 
-def _run(losses, steps=None, seconds=1.0, label="x"):
+def _run(losses, steps=None, seconds=1.0, label="x", session="s1"):
   steps = steps or [10 * i for i in range(len(losses))]
   return {"optimizer": label, "steps": steps, "losses": losses, "final_loss": losses[-1],
           "test_metric": 0.5, "test_metric_name": "accuracy",
-          "diverged": suite.divergence(losses), "wall_seconds": seconds, "cpu_seconds": seconds}
+          "diverged": suite.divergence(losses), "wall_seconds": seconds, "cpu_seconds": seconds,
+          "timing": {"session": session}}
 
 
 @pytest.mark.parametrize("target, expected", [
@@ -98,6 +100,12 @@ def test_task_and_overall_summary():
   assert a["learned"]["learned:x"]["normalised_loss"] == pytest.approx(0.5)
   assert a["learned"]["learned:x"]["speedup"] == pytest.approx(2.0)
   assert a["learned"]["learned:x"]["wall_ratio"] == pytest.approx(1.5)
+  # Timed by different processes (another machine, another load): no ratio.
+  runs = dict(tasks["a"]["runs"], **{"learned:x": _run([1.0, 0.1], seconds=3.0, session="s2")})
+  apart = suite.task_summary(runs, ["learned:x"])["learned"]["learned:x"]
+  assert apart["wall_ratio"] is None and apart["cpu_ratio"] is None
+  legacy = {k: v for k, v in runs["learned:x"].items() if k != "timing"}   # old cache entry
+  assert not suite.timed_together(legacy, legacy)
   overall = suite.overall_summary(tasks, ["learned:x"])["learned:x"]
   assert overall["wins"][suite.REFERENCE] == 1
   assert overall["wins"][suite.TUNED] == 1
@@ -491,3 +499,29 @@ def test_tiny_benchmark_run_writes_outputs_and_uses_the_cache(tmp_path, capsys):
              for line in out.splitlines()) == 4
   assert again["tasks"]["regression_linnerud"]["runs"]["learned:default"]["losses"] == \
       pytest.approx(run["losses"])
+  assert again["tasks"]["regression_linnerud"]["summary"]["learned"]["learned:default"][
+      "wall_ratio"] > 0   # both cached from one process: still side by side
+  # A fresh learned run beside a reference cached by another process: with --retime_reference
+  # the reference is re-run beside it, so the ratio compares runs timed together.
+  def age(label):
+    for name in os.listdir(tmp_path / "cache"):
+      if name.startswith("regression_linnerud") and label in name:
+        path = tmp_path / "cache" / name
+        entry = json.load(open(path))
+        if label == "Adam":
+          entry["timing"]["session"] = "another-machine"
+          json.dump(entry, open(path, "w"))
+        else:
+          os.remove(path)
+  age("Adam"), age("learned")
+  third = suite.run(options)
+  out = capsys.readouterr().out
+  fresh = [line for line in out.splitlines() if line.startswith("[") and "cached" not in line]
+  assert len(fresh) == 2 and all("regression_linnerud" in line for line in fresh)
+  summary = third["tasks"]["regression_linnerud"]["summary"]["learned"]["learned:default"]
+  assert summary["wall_ratio"] > 0
+  age("Adam"), age("learned")
+  fourth = suite.run(dataclasses.replace(options, retime_reference=False))
+  summary = fourth["tasks"]["regression_linnerud"]["summary"]["learned"]["learned:default"]
+  assert summary["wall_ratio"] is None
+  assert "not timed by one process" in open(tmp_path / "out" / "suite.md").read()
