@@ -39,6 +39,7 @@ curve), curves/<task>.png, summary.png.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -185,12 +186,17 @@ def iqm(values: Sequence[float]) -> float:
   return float(np.mean(middle))
 
 
+def timing_session(run: dict) -> str | None:
+  """The id of the process that timed a run (None for runs cached before it was recorded)."""
+  return (run.get("timing") or {}).get("session")
+
+
 def timed_together(a: dict, b: dict) -> bool:
   """Whether two runs were timed by one process (so their time ratio means something)."""
-  session = (a.get("timing") or {}).get("session")
-  return session is not None and session == (b.get("timing") or {}).get("session")
+  return timing_session(a) is not None and timing_session(a) == timing_session(b)
 
 
+@functools.lru_cache(maxsize=None)
 def machine() -> str:
   """What the timings were taken on (recorded with every run)."""
   model = platform.processor() or platform.machine()
@@ -210,15 +216,16 @@ def task_summary(runs: dict[str, dict], learned: Sequence[str]) -> dict:
   summary = {"tuned_adam": None if tuned is None else tuned["optimizer"], "learned": {}}
   for label in learned:
     run = runs[label]
+    together = timed_together(run, reference)
     summary["learned"][label] = {
         "final_loss": run["final_loss"], "test_metric": run["test_metric"],
         "speedup": speedup(reference, run),
         "steps_to_adam_final": steps_to_reach(run["steps"], run["losses"],
                                               reference["final_loss"]),
         "wall_ratio": (run["wall_seconds"] / max(reference["wall_seconds"], 1e-9)
-                       if timed_together(run, reference) else None),
+                       if together else None),
         "cpu_ratio": (run["cpu_seconds"] / max(reference["cpu_seconds"], 1e-9)
-                      if timed_together(run, reference) else None),
+                      if together else None),
         "normalised_loss": finite_or_inf(run["final_loss"]) / max(
             finite_or_inf(tuned["final_loss"]), 1e-12) if tuned else math.nan,
         "diverged": run["diverged"],
@@ -446,9 +453,9 @@ def run(options: Options) -> dict:
         key += f"-jit{options.jit_compile}"
       cached = cache_load(options.cache, key)
       if (cached is not None and spec.label == REFERENCE and options.retime_reference
-          and any(timed_together(runs[label], {"timing": {"session": TIMING_SESSION}})
+          and any(timing_session(runs[label]) == TIMING_SESSION
                   for label in labels if label in runs)
-          and not timed_together(cached, {"timing": {"session": TIMING_SESSION}})):
+          and timing_session(cached) != TIMING_SESSION):
         cached = None   # a learned run is fresh: time the reference beside it.
       if cached is None:
         run_result = run_one(task, data, init_weights, spec.make(), options.seed,
