@@ -158,6 +158,9 @@ flags.DEFINE_float("gradient_clip", _D.gradient_clip, "Elementwise meta-gradient
                    "zeroing non-finite entries (reference 1e4).")
 flags.DEFINE_float("meta_l2", _D.meta_l2, "L2 coefficient on the optimizer's own "
                    "meta-parameters (seed paper 2's weight decay; not on problem parameters).")
+flags.DEFINE_string("meta_lr_scales", _D.meta_lr_scales, "Per-meta-parameter learning-rate "
+                    "multipliers, 'PATTERN=SCALE,...' with fnmatch patterns over meta-parameter "
+                    "names, e.g. 'log_lr_anchor=30,nominal/*=30' (last match wins; others 1).")
 flags.DEFINE_integer("seed", _D.seed, "Seed of problem / length / instance sampling.")
 flags.DEFINE_integer("init_seed", _D.init_seed, "Seed of the meta-parameter initialisation.")
 flags.DEFINE_string("init_weights", _D.init_weights, "Warm start: a fresh run's "

@@ -18,6 +18,7 @@ minutes, so the slot starts at zero (as Keras' RMSprop; the first step is lr * s
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Mapping
 
 NAMES = ("rmsprop", "adam")
@@ -30,12 +31,45 @@ import tensorflow as tf
 L2_EXCLUDED = ("log_step_offset", "nominal/log_step", "log_lr_momentum_logit", "log_lr_anchor")
 
 
+def parse_lr_scales(spec: str, names) -> dict[str, float]:
+  """Per-meta-parameter learning-rate multipliers from "PATTERN=SCALE,..." (--meta_lr_scales).
+
+  PATTERN is an fnmatch pattern over meta-parameter names ("log_lr_anchor", "nominal/*",
+  "readout/*"); a name matched by several patterns takes the last one's scale; names no
+  pattern matches keep 1. Why: with Adam every coordinate moves by about the learning rate per
+  step whatever its gradient's size, so at a meta-lr of 1e-4 a scalar such as the log step
+  length (a log-scale offset of magnitude ~5) needs tens of thousands of meta-steps to move by
+  one, while the network weights beside it are already at their scale. Raises ValueError naming
+  the flag and the offending entry.
+  """
+  names = list(names)
+  scales = {k: 1.0 for k in names}
+  for entry in filter(None, (e.strip() for e in spec.split(","))):
+    pattern, sep, value = entry.partition("=")
+    pattern = pattern.strip()
+    try:
+      scale = float(value) if sep else float("nan")
+    except ValueError:
+      scale = float("nan")
+    if not pattern or not scale > 0 or scale == float("inf"):
+      raise ValueError(f"--meta_lr_scales entry {entry!r}: expected PATTERN=SCALE with a "
+                       "finite SCALE > 0")
+    matched = fnmatch.filter(names, pattern)
+    if not matched:
+      raise ValueError(f"--meta_lr_scales pattern {pattern!r} matches no meta-parameter; "
+                       f"names are {sorted(names)}")
+    for k in matched:
+      scales[k] = scale
+  return scales
+
+
 class MetaRMSProp(tf.Module):
   """RMSProp for a dict of meta-parameter variables."""
 
   def __init__(self, variables: Mapping[str, tf.Variable], learning_rate: float,
                decay: float = 0.9, epsilon: float = 1e-10, clip: float = 1e4,
-               l2: float = 0.0, name: str = "meta_rmsprop"):
+               l2: float = 0.0, lr_scales: Mapping[str, float] | None = None,
+               name: str = "meta_rmsprop"):
     super().__init__(name=name)
     if learning_rate <= 0 or not 0 <= decay < 1 or epsilon < 0 or clip <= 0 or l2 < 0:
       raise ValueError(f"bad RMSProp settings lr={learning_rate} decay={decay} "
@@ -46,6 +80,12 @@ class MetaRMSProp(tf.Module):
     self.clip = float(clip)
     self.l2 = float(l2)
     self.names = sorted(variables)
+    # Per-variable learning rate: learning_rate x lr_scales[k] (parse_lr_scales; default 1).
+    unknown = sorted(set(lr_scales or {}) - set(self.names))
+    if unknown:
+      raise ValueError(f"lr_scales names unknown meta-parameters {unknown}")
+    self.learning_rates = {k: self.learning_rate * float((lr_scales or {}).get(k, 1.0))
+                           for k in self.names}
     with self.name_scope:
       self.mean_square = {
           k: tf.Variable(tf.zeros_like(variables[k]), trainable=False,
@@ -69,7 +109,7 @@ class MetaRMSProp(tf.Module):
       ms = self.mean_square[k]
       new_ms = self.decay * ms + (1.0 - self.decay) * tf.square(grads[k])
       ms.assign(new_ms)
-      variables[k].assign_sub(self.learning_rate * grads[k] * tf.math.rsqrt(new_ms + self.epsilon))
+      variables[k].assign_sub(self.learning_rates[k] * grads[k] * tf.math.rsqrt(new_ms + self.epsilon))
 
 
 class MetaAdam(MetaRMSProp):
@@ -83,11 +123,12 @@ class MetaAdam(MetaRMSProp):
 
   def __init__(self, variables: Mapping[str, tf.Variable], learning_rate: float,
                beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8,
-               clip: float = 1e4, l2: float = 0.0, name: str = "meta_adam"):
+               clip: float = 1e4, l2: float = 0.0,
+               lr_scales: Mapping[str, float] | None = None, name: str = "meta_adam"):
     if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
       raise ValueError(f"bad Adam settings beta1={beta1} beta2={beta2}")
     super().__init__(variables, learning_rate, decay=beta2, epsilon=epsilon, clip=clip, l2=l2,
-                     name=name)
+                     lr_scales=lr_scales, name=name)
     self.beta1 = float(beta1)
     with self.name_scope:
       self.momentum = {
@@ -105,17 +146,22 @@ class MetaAdam(MetaRMSProp):
       m = self.momentum[k].assign(self.beta1 * self.momentum[k] + (1.0 - self.beta1) * grads[k])
       v = self.mean_square[k].assign(
           self.decay * self.mean_square[k] + (1.0 - self.decay) * tf.square(grads[k]))
-      variables[k].assign_sub(self.learning_rate * (m / correction1)
+      variables[k].assign_sub(self.learning_rates[k] * (m / correction1)
                               / (tf.sqrt(v / correction2) + self.epsilon))
 
 
 def build(name: str, variables: Mapping[str, tf.Variable], learning_rate: float, *,
           decay: float, epsilon: float, clip: float, l2: float, beta1: float = 0.9,
-          beta2: float = 0.999, adam_epsilon: float = 1e-8):
-  """The meta-optimizer `name` ("rmsprop": reference; "adam": PES recipe)."""
+          beta2: float = 0.999, adam_epsilon: float = 1e-8, lr_scales: str = ""):
+  """The meta-optimizer `name` ("rmsprop": reference; "adam": PES recipe).
+
+  `lr_scales`: the --meta_lr_scales spec (parse_lr_scales), "" for one learning rate.
+  """
+  scales = parse_lr_scales(lr_scales, variables)
   if name == "rmsprop":
-    return MetaRMSProp(variables, learning_rate, decay=decay, epsilon=epsilon, clip=clip, l2=l2)
+    return MetaRMSProp(variables, learning_rate, decay=decay, epsilon=epsilon, clip=clip, l2=l2,
+                       lr_scales=scales)
   if name == "adam":
     return MetaAdam(variables, learning_rate, beta1=beta1, beta2=beta2, epsilon=adam_epsilon,
-                    clip=clip, l2=l2)
+                    clip=clip, l2=l2, lr_scales=scales)
   raise ValueError(f"unknown --meta_optimizer {name!r}; choose one of {NAMES}")

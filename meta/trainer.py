@@ -115,6 +115,9 @@ class Options:
   rms_epsilon: float = 1e-10
   gradient_clip: float = 1e4
   meta_l2: float = 0.0
+  # Per-meta-parameter learning-rate multipliers, "PATTERN=SCALE,..." over meta-parameter
+  # names (meta_optimizer.parse_lr_scales); "" = one learning rate for all.
+  meta_lr_scales: str = ""
   seed: int = 0
   init_seed: int = 0
   # Warm start: a fresh run's meta-parameters are read from this weights file (a shipped name
@@ -202,6 +205,12 @@ class Options:
     need(self.rms_epsilon >= 0, "--rms_epsilon must be >= 0")
     need(self.gradient_clip > 0, "--gradient_clip must be > 0")
     need(self.meta_l2 >= 0, "--meta_l2 must be >= 0")
+    if self.config in config_lib.PRESETS:
+      try:
+        meta_optimizer.parse_lr_scales(
+            self.meta_lr_scales, hrnn.meta_param_shapes(config_lib.PRESETS[self.config]()))
+      except ValueError as e:
+        errors.append(str(e))
     need(self.strategy in strategy_lib.NAMES,
          f"--strategy must be one of {strategy_lib.NAMES}, got {self.strategy!r}")
     need(self.unroll_mode in unroll_lib.Unroller.MODES,
@@ -495,7 +504,8 @@ class Trainer:
       self.optimizer = meta_optimizer.build(
           options.meta_optimizer, self.meta.variables_by_name, options.meta_learning_rate,
           decay=options.rms_decay, epsilon=options.rms_epsilon, clip=options.gradient_clip,
-          l2=options.meta_l2, beta1=options.adam_beta1, beta2=options.adam_beta2)
+          l2=options.meta_l2, beta1=options.adam_beta1, beta2=options.adam_beta2,
+          lr_scales=options.meta_lr_scales)
     self.train_state = checkpoints.TrainState()
     self.checkpoint = tf.train.Checkpoint(meta=self.meta, meta_optimizer=self.optimizer,
                                           train_state=self.train_state)

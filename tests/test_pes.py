@@ -246,6 +246,39 @@ def test_meta_adam_matches_keras_adam():
       clipped.clean({"w": tf.constant([np.nan, 5.0, -0.5])}, ours)["w"], [0.0, 1.0, -0.5])
 
 
+def test_meta_lr_scales_multiply_the_step_of_matched_variables_only():
+  start = {"log_lr_anchor": np.float32(-6.9), "nominal/log_step": np.float32(-4.9),
+           "nominal/head/kernel": np.ones(3, np.float32), "readout/direction": np.ones(2, np.float32)}
+  grads = {k: tf.ones_like(v) for k, v in start.items()}
+  steps = {}
+  for spec in ("", "log_lr_anchor=30,nominal/*=10,nominal/head/*=2"):
+    ours = {k: tf.Variable(v) for k, v in start.items()}
+    adam = meta_optimizer.build("adam", ours, 1e-3, decay=0.9, epsilon=1e-10, clip=1e4, l2=0.0,
+                                lr_scales=spec)
+    adam.apply(grads, ours)
+    steps[spec] = {k: start[k] - ours[k].numpy() for k in start}
+  base, scaled = steps[""], steps["log_lr_anchor=30,nominal/*=10,nominal/head/*=2"]
+  # Adam's first step is lr x sign(g); the last matching pattern wins, unmatched names keep 1.
+  np.testing.assert_allclose(base["log_lr_anchor"], 1e-3, rtol=1e-4)
+  np.testing.assert_allclose(scaled["log_lr_anchor"], 30 * base["log_lr_anchor"], rtol=1e-4)
+  np.testing.assert_allclose(scaled["nominal/log_step"], 10 * base["nominal/log_step"], rtol=1e-4)
+  np.testing.assert_allclose(scaled["nominal/head/kernel"], 2 * base["nominal/head/kernel"],
+                             rtol=1e-4)
+  np.testing.assert_allclose(scaled["readout/direction"], base["readout/direction"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nominal/*", "expected PATTERN=SCALE"), ("nominal/*=-1", "expected PATTERN=SCALE"),
+    ("nominal/*=abc", "expected PATTERN=SCALE"), ("no_such_thing=3", "matches no meta-parameter")])
+def test_bad_meta_lr_scales_name_the_flag_and_entry(spec, message):
+  with pytest.raises(ValueError, match="--meta_lr_scales") as info:
+    meta_optimizer.parse_lr_scales(spec, ["log_lr_anchor", "nominal/log_step"])
+  assert message in str(info.value)
+  options = trainer_lib.Options(train_dir="/tmp/x", config="bounded", meta_lr_scales=spec)
+  with pytest.raises(ValueError, match="--meta_lr_scales"):
+    options.validate()
+
+
 # --- strategies -------------------------------------------------------------------------------
 
 def _helper(kind, train_dir, steps, overrides, timeout=900):
