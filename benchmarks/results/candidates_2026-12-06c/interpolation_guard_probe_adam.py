@@ -1,5 +1,4 @@
-import sys
-sys.path.insert(0, 'benchmarks/results/candidates_2026-12-06c')
+from meta import validation as V, unroll as U
 tasks = [V.NetProblem("concentric_rings", V._rings, 2, 3, (128, 64), "relu", batch_size=32),
          V.NetProblem("two_spirals", V._two_spirals, 2, 2, (128, 64), "relu", batch_size=32),
          V.NetProblem("bit_parity", V._parity, 6, 2, (128, 64), "relu", batch_size=32)]
