@@ -7,6 +7,7 @@ hand-made curves.
 import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -177,7 +178,6 @@ def test_demo_verdict_handles_divergence():
 
 def test_benchmark_modules_define_no_flags_at_import():
   # Flags defined at import collide when two command modules meet in one process (pytest).
-  import subprocess
   code = ("import benchmarks.ablation, benchmarks.quality, benchmarks.step_time, "
           "benchmarks.meta_speed, benchmarks.fit_time, meta.plot_history, "
           "learned_opt.stability\n"
@@ -201,6 +201,14 @@ def test_fit_time_table_reports_the_optimizer_cost_in_wall_and_cpu_time():
   assert cells[8] == "0.83"                # step / Adam, CPU: 2.5 / 3.0
   assert cells[10] == "0.500 (1.000)"      # (1.5 - 1.0) ms wall, (2.5 - 1.5) ms CPU per 1000
   assert cells[11] == "0.150 (0.300)"
+
+
+def test_fit_time_refuses_steps_per_execution_that_does_not_divide_the_steps():
+  out = subprocess.run([sys.executable, "-m", "benchmarks.fit_time", "--models", "mlp_small",
+                        "--steps_per_execution", "3", "--first_steps", "10", "--steps", "9",
+                        "--out", ""], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "--steps_per_execution 3" in out.stderr and "--first_steps (10)" in out.stderr
 
 
 def test_demo_describes_the_shipped_default_by_its_config_and_whole_chain():
