@@ -62,9 +62,9 @@ def define_flags():
   flags.DEFINE_integer("first_steps", 10, "Steps of the first (compiling) epoch.")
   flags.DEFINE_integer("steps_per_execution", 1, "model.compile's steps_per_execution. 1 "
                        "(Keras' default) runs one Python-dispatched step at a time, whose fixed "
-                       "cost (~1.5 ms here) hides part of a slow optimizer; larger values loop "
-                       "inside one graph call, which is what a tuned input pipeline sees. "
-                       "--first_steps and --steps should be multiples of it.")
+                       "cost (~6 ms for mlp_small here) hides part of a slow optimizer; larger "
+                       "values loop inside one graph call, which is what a tuned input pipeline "
+                       "sees. Must divide --first_steps and --steps.")
   flags.DEFINE_integer("steps", 20, "Steps per timed fit call.")
   flags.DEFINE_integer("repeats", 3, "Timed fit calls; the median is reported.")
   flags.DEFINE_string("weights", "default", "LearnedOptimizer weights (timing does not depend "
