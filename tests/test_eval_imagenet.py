@@ -256,6 +256,7 @@ def test_inception_rmsprop_trains_through_the_command_line_main(imagenet_dir, tm
   assert summary["inception_v3"][0][1] == pytest.approx(losses["loss"][-1])
 
 
+@pytest.mark.slow  # 22 s; the default suite runs main() in-process (inception test above)
 def test_command_line_synthetic_smoke_run(tmp_path):
   train_dir = tmp_path / "smoke"
   result = subprocess.run(

@@ -377,6 +377,7 @@ def test_bucketed_pes_matches_per_problem_pes(sample, monkeypatch):
   assert len(pes._COMPILED) - compiled_before == len(pool) + 1
 
 
+@pytest.mark.slow  # 21 s: compiles a per-problem PES group to write the carries
 def test_pes_carries_of_another_compile_by_are_refused_on_resume(tmp_path):
   trainer_lib.Trainer(_pes_options(tmp_path / "run", compile_by="problem", max_steps=1,
                                    checkpoint_every_steps=1)).run()

@@ -95,7 +95,8 @@ def test_export_to_an_existing_directory_fails_up_front(tmp_path):
 
 # --- defect 5: load_model when the recorded weights path now holds something else -------------
 
-@pytest.mark.parametrize("replacement", ["corrupt", "other_config"])
+@pytest.mark.parametrize("replacement", [
+    "corrupt", pytest.param("other_config", marks=pytest.mark.slow)])  # 11 s, slow-only
 def test_load_model_ignores_a_replaced_weights_file(tmp_path, replacement):
   path = tmp_path / "w.npz"
   cfg = config_lib.paper()

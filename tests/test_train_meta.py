@@ -243,8 +243,10 @@ def test_resume_after_sigkill_is_exact(tmp_path):
   assert [r["meta_loss"] for r in rows] == [r["meta_loss"] for r in straight_rows]
 
 
-@pytest.mark.parametrize("budget, reason", [(["--max_memory_maps", "1"], "memory maps"),
-                                            (["--max_memory_gb", "0.001"], "GB resident")])
+@pytest.mark.parametrize("budget, reason", [
+    # The two budgets share the hand-over; the map budget's run is slow-only (45 s).
+    pytest.param(["--max_memory_maps", "1"], "memory maps", marks=pytest.mark.slow),
+    (["--max_memory_gb", "0.001"], "GB resident")])
 def test_memory_budget_hands_over_to_a_fresh_process_exactly(tmp_path, budget, reason):
   """Past --max_memory_maps or --max_memory_gb the run checkpoints and re-executes itself;
   nothing changes.
