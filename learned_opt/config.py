@@ -24,6 +24,14 @@ Every size and switch of the optimizer lives in `HRNNConfig`. Presets:
   weights the step length is bounded and cannot climb over a long run (the failure of every
   candidate meta-trained with long horizons so far). The initial learning rate is forgotten
   after a few dozen steps (time constant 1 / (1 - sigmoid(log_lr_momentum_logit)) ~ 25 steps).
+* `scheduled()`: `bounded()` with a learned schedule (`learned_schedule`): each of the two step
+  lengths (the nominal term's magnitude and the RNN term's) is multiplied by
+  (1 + t / schedule_steps)^min(w, 0), t the optimizer's step count and w a learned scalar per
+  term that starts at 0. Measured in `meta_runs/bounded_pes_long`: within `bounded` the best
+  constant step depends on the horizon it is judged on (1,000-step validation wants ~1.1e-2,
+  20,000-step runs need <= ~7.6e-3); the schedule lets one set of weights serve both. It can
+  only shrink the step (w is clipped at 0), so the step stays bounded. With w = 0 it is
+  `bounded()` exactly, which is how it warm-starts from `bounded` weights.
 """
 
 from __future__ import annotations
@@ -61,6 +69,10 @@ class HRNNConfig:
   # the delta, so it stays within anchor +- the largest delta the readout can emit.
   anchored_log_lr: bool = False
   log_lr_anchor_init: float = -6.907755278982137  # log(1e-3): Keras' default learning rate.
+  # Learned schedule (our departure): both step lengths times (1 + t / schedule_steps)^min(w, 0),
+  # w learned per term ("schedule/nominal", "schedule/blackbox"), starting at 0.
+  learned_schedule: bool = False
+  schedule_steps: float = 1000.0
 
   # Storage of the large per-parameter state (param_hidden, momentum, mean_square): "float32"
   # or "bfloat16" (half the memory; the step computes in float32 and rounds on store).
@@ -95,6 +107,8 @@ class HRNNConfig:
     if not 0.0 < self.nominal_rms_decay < 1.0:
       raise ValueError(
           f"HRNNConfig.nominal_rms_decay must be in (0, 1), got {self.nominal_rms_decay}")
+    if not self.schedule_steps > 0:
+      raise ValueError(f"HRNNConfig.schedule_steps must be > 0, got {self.schedule_steps}")
     if self.nominal_step <= 0:
       raise ValueError(f"HRNNConfig.nominal_step must be > 0, got {self.nominal_step}")
     if self.blackbox_gain and not self.nominal_term and self.blackbox_gain_init == 0.0:
@@ -160,7 +174,13 @@ def bounded() -> HRNNConfig:
   return dataclasses.replace(lean(), anchored_log_lr=True)
 
 
-PRESETS = {"paper": paper, "stable": stable, "lean": lean, "bounded": bounded}
+def scheduled() -> HRNNConfig:
+  """`bounded()` with the learned decaying schedule (see the module docstring)."""
+  return dataclasses.replace(bounded(), learned_schedule=True)
+
+
+PRESETS = {"paper": paper, "stable": stable, "lean": lean, "bounded": bounded,
+           "scheduled": scheduled}
 
 
 def get(name_or_config: str | HRNNConfig | dict | None) -> HRNNConfig:

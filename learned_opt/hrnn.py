@@ -207,6 +207,10 @@ def meta_param_shapes(config: HRNNConfig) -> dict[str, tuple[int, ...]]:
     shapes["blackbox/gain"] = ()
   if config.anchored_log_lr:
     shapes["log_lr_anchor"] = ()   # where the anchored step length's running average pulls.
+  if config.learned_schedule:
+    shapes["schedule/blackbox"] = ()   # exponents of the (1 + t / T)^min(w, 0) schedules.
+    if config.nominal_term:
+      shapes["schedule/nominal"] = ()
   return dict(sorted(shapes.items()))
 
 
@@ -259,6 +263,8 @@ def init_meta_params(config: HRNNConfig, seed: int = 0) -> dict[str, np.ndarray]
       values[name] = np.float32(config.blackbox_gain_init)
     elif name == "log_lr_anchor":
       values[name] = np.float32(config.log_lr_anchor_init)
+    elif name.startswith("schedule/"):
+      values[name] = np.float32(0.0)   # no schedule until meta-training finds one.
     else:  # pragma: no cover - every name above is handled
       raise AssertionError(f"no initialiser for meta-parameter {name}")
     values[name] = np.asarray(values[name], np.float32).reshape(shape)
@@ -592,7 +598,15 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
   else:
     target = step_log_lr
   log_lr = lr_momentum * state.log_lr + (1.0 - lr_momentum) * target
-  blackbox = (tf.exp(step_log_lr + meta["log_step_offset"])[:, None] * direction)[:, 0]
+  log_schedule = {}
+  if config.learned_schedule:
+    # Departure: a learned power-law decay of both step lengths with the step count, outside
+    # the stored log step length (whose recurrence stays as it is). min(w, 0): never a growth.
+    progress = tf.math.log1p(tf.cast(state.step, tf.float32) / config.schedule_steps)
+    log_schedule = {name: tf.minimum(meta[f"schedule/{name}"], 0.0) * progress
+                    for name in ("blackbox", "nominal") if f"schedule/{name}" in meta}
+  blackbox_log_lr = step_log_lr + meta["log_step_offset"] + log_schedule.get("blackbox", 0.0)
+  blackbox = (tf.exp(blackbox_log_lr)[:, None] * direction)[:, 0]
   if config.blackbox_gain:
     blackbox = meta["blackbox/gain"] * blackbox
   update = blackbox
@@ -602,7 +616,7 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
     # exp(a + head(tensor state)).
     nominal = tf.reduce_mean(momentum, axis=1) * tf.math.rsqrt(nominal_rms + _EPS)
     log_magnitude = meta["nominal/log_step"] + seg.broadcast(
-        _affine(meta, "nominal/head", tensor_hidden))[:, 0]
+        _affine(meta, "nominal/head", tensor_hidden))[:, 0] + log_schedule.get("nominal", 0.0)
     update = update + tf.exp(log_magnitude) * nominal
 
   attention_offset = state.attention_offset

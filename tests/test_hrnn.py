@@ -1,5 +1,6 @@
 """Tests of the pure hierarchical-RNN step (learned_opt/hrnn.py)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import tensorflow as tf
 
 from learned_opt import config as config_lib
 from learned_opt import hrnn
+from learned_opt import weights as weights_io
 
 SHAPES = [(3, 4), (), (5,), (2, 3, 4, 5), (7, 1, 2)]
 CONFIGS = {
@@ -388,3 +390,54 @@ def test_untrained_bounded_matches_untrained_lean():
   bounded_updates, _ = run(config_lib.bounded(), grads)
   for a, b in zip(lean_updates[-1], bounded_updates[-1]):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _scheduled_meta(nominal: float, blackbox: float) -> dict:
+  """The shipped default's meta-parameters under `scheduled`, with the given exponents."""
+  meta = dict(weights_io.load_for("default", config_lib.scheduled()).meta)
+  meta["schedule/nominal"] = np.float32(nominal)
+  meta["schedule/blackbox"] = np.float32(blackbox)
+  return {k: tf.constant(v) for k, v in meta.items()}
+
+
+def test_scheduled_with_zero_exponents_is_the_bounded_default_exactly():
+  """Switched on by a warm start, the schedule starts at w = 0: the default's own steps."""
+  switched = weights_io.load_for("default", config_lib.scheduled())
+  assert switched.provenance["switched_on"] == ["learned_schedule"]
+  assert {k: float(v) for k, v in switched.meta.items() if k.startswith("schedule/")} == {
+      "schedule/nominal": 0.0, "schedule/blackbox": 0.0}
+  default = weights_io.load("default")
+  grads = [random_grads(SHAPES, seed=i) for i in range(30)]
+  a, _ = run(default.config, grads, meta={k: tf.constant(v) for k, v in default.meta.items()})
+  b, _ = run(config_lib.scheduled(), grads, meta=_scheduled_meta(0.0, 0.0))
+  for ua, ub in zip(a, b):
+    for x, y in zip(ua, ub):
+      np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_schedule_scales_both_terms_by_a_power_of_the_step_count_and_never_grows():
+  """The schedule sits outside the state recurrence, so with one exponent w on both terms
+  the update at step t (0-based) is (1 + t / schedule_steps)^w times the unscheduled one; a
+  positive w is clipped to 0 (the step may only shrink)."""
+  cfg = dataclasses.replace(config_lib.scheduled(), schedule_steps=10.0)
+  grads = [random_grads(SHAPES, seed=i) for i in range(40)]
+  base, _ = run(cfg, grads, meta=_scheduled_meta(0.0, 0.0))
+  decayed, _ = run(cfg, grads, meta=_scheduled_meta(-0.7, -0.7))
+  grown, _ = run(cfg, grads, meta=_scheduled_meta(0.5, 2.0))
+  for t in (0, 1, 9, 39):
+    factor = (1.0 + t / 10.0) ** -0.7
+    for x, y, z in zip(base[t], decayed[t], grown[t]):
+      np.testing.assert_allclose(y.numpy(), factor * x.numpy(), rtol=2e-5, atol=1e-12)
+      np.testing.assert_array_equal(z.numpy(), x.numpy())
+  # Each term separately: the nominal exponent alone leaves the blackbox part, and vice versa.
+  nominal_only, _ = run(cfg, grads, meta=_scheduled_meta(-0.7, 0.0))
+  blackbox_only, _ = run(cfg, grads, meta=_scheduled_meta(0.0, -0.7))
+  for x, y, n, b in zip(base[39], decayed[39], nominal_only[39], blackbox_only[39]):
+    np.testing.assert_allclose(n.numpy() + b.numpy(), x.numpy() + y.numpy(), rtol=1e-4,
+                               atol=1e-10)
+    assert not np.allclose(n.numpy(), x.numpy()) and not np.allclose(b.numpy(), x.numpy())
+
+
+def test_schedule_steps_must_be_positive():
+  with pytest.raises(ValueError, match="schedule_steps"):
+    dataclasses.replace(config_lib.scheduled(), schedule_steps=0.0)

@@ -497,3 +497,23 @@ def test_lean_keras_state_is_the_unroll_state():
   assert opt.state_floats_per_parameter <= 8
   assert keras_state.momentum.dtype == tf.bfloat16
   assert opt._state_vars["momentum"].dtype == "bfloat16"
+
+
+def test_scheduled_keras_optimizer_follows_the_functional_schedule(tmp_path):
+  """A `scheduled` weights file with decaying exponents: the Keras optimizer (XLA step) keeps
+  the step count in its state and makes the same updates as an hrnn.step loop."""
+  cfg = config_lib.HRNNConfig(**{**config_lib.scheduled().to_dict(), "schedule_steps": 4.0})
+  meta = dict(weights_lib.load_for("default", config_lib.scheduled()).meta)
+  meta["schedule/nominal"] = np.float32(-0.8)
+  meta["schedule/blackbox"] = np.float32(-0.3)
+  weights_lib.save(tmp_path / "s.npz", meta, cfg, {"test": "scheduled"})
+  init, loss = quadratic_problem(seed=2)
+  opt = learned_opt.LearnedOptimizer(learning_rate=3e-3, weights=str(tmp_path / "s.npz"))
+  _, keras_history = keras_trajectory(opt, 12, init, loss)
+  functional_history, _ = functional_trajectory(
+      cfg, 12, init, loss, 3e-3, meta={k: tf.constant(v) for k, v in meta.items()})
+  assert_same_history(keras_history, functional_history, rtol=1e-4, atol=1e-6)
+  unscheduled = dict(meta, **{"schedule/nominal": np.float32(0), "schedule/blackbox": np.float32(0)})
+  plain_history, _ = functional_trajectory(
+      cfg, 12, init, loss, 3e-3, meta={k: tf.constant(v) for k, v in unscheduled.items()})
+  assert not np.allclose(plain_history[-1][0], functional_history[-1][0])
