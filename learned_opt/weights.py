@@ -160,18 +160,50 @@ def _switched(loaded: Weights, config: config_lib.HRNNConfig) -> Weights | None:
   return Weights(meta=meta, config=config, provenance=provenance, path=loaded.path)
 
 
+# Ablations a file can be written with: the meta-parameters they set, and to what.
+# "blackbox": the RNN's own term off (gain 0), leaving the nominal AggMo-Adam term whose
+# magnitude the Tensor GRU still sets: what the untrained stable/lean/bounded optimizers are.
+ABLATIONS = {"blackbox": {"blackbox/gain": 0.0}}
+
+
+def ablated(loaded: Weights, name: str) -> Weights:
+  """`loaded` with ablation `name` applied; its provenance says so."""
+  if name not in ABLATIONS:
+    raise ValueError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
+  missing = [k for k in ABLATIONS[name] if k not in loaded.meta]
+  if missing:
+    raise ValueError(f"weights file {loaded.path}: ablation {name!r} needs meta-parameters "
+                     f"{missing}, which its config does not have")
+  meta = {**loaded.meta, **{k: np.float32(v).reshape(loaded.meta[k].shape)
+                            for k, v in ABLATIONS[name].items()}}
+  provenance = {**loaded.provenance,
+                "ablated": list(loaded.provenance.get("ablated", [])) + [name]}
+  return Weights(meta=meta, config=loaded.config, provenance=provenance, path=loaded.path)
+
+
 def main(argv=None) -> None:
-  """python -m learned_opt.weights --switch_on anchored_log_lr SRC DST: writes SRC's
-  meta-parameters under the switched-on config to DST (never over SRC)."""
+  """python -m learned_opt.weights (--switch_on anchored_log_lr | --ablate blackbox) SRC DST:
+  writes SRC's meta-parameters under the switched-on config, or with the ablation applied, to
+  DST (never over SRC)."""
   import argparse
   parser = argparse.ArgumentParser(prog="python -m learned_opt.weights", description=main.__doc__)
-  parser.add_argument("--switch_on", required=True, choices=sorted(WARM_START_SWITCHES))
+  how = parser.add_mutually_exclusive_group(required=True)
+  how.add_argument("--switch_on", choices=sorted(WARM_START_SWITCHES))
+  how.add_argument("--ablate", choices=sorted(ABLATIONS))
   parser.add_argument("src")
   parser.add_argument("dst")
   args = parser.parse_args(argv)
   src = load(args.src)
   if Path(args.dst).resolve() == Path(src.path).resolve():
-    parser.error(f"DST {args.dst} is SRC; write the switched weights to a new file")
+    parser.error(f"DST {args.dst} is SRC; write the new weights to a new file")
+  if args.ablate:
+    try:
+      result = ablated(src, args.ablate)
+    except ValueError as e:
+      parser.error(str(e))
+    save(args.dst, result.meta, result.config, result.provenance)
+    print(f"wrote {args.dst}: {args.src} with the {args.ablate} term ablated")
+    return
   switched = _switched(src, config_lib.HRNNConfig(**{**src.config.to_dict(),
                                                      args.switch_on: True}))
   save(args.dst, switched.meta, switched.config, switched.provenance)

@@ -441,3 +441,31 @@ def test_schedule_scales_both_terms_by_a_power_of_the_step_count_and_never_grows
 def test_schedule_steps_must_be_positive():
   with pytest.raises(ValueError, match="schedule_steps"):
     dataclasses.replace(config_lib.scheduled(), schedule_steps=0.0)
+
+
+def test_blackbox_ablation_leaves_the_nominal_term_and_says_so(tmp_path, capsys):
+  """`python -m learned_opt.weights --ablate blackbox SRC DST`: the RNN term's gain is 0, every
+  other meta-parameter is SRC's, the provenance records it, the update is then exactly the
+  nominal term (the same as SRC's update minus SRC's blackbox part), SRC is never overwritten,
+  and a config without the gain is refused with the file named."""
+  src = weights_io.load("default")
+  weights_io.main(["--ablate", "blackbox", "default", str(tmp_path / "nobb.npz")])
+  out = weights_io.load(tmp_path / "nobb.npz")
+  assert out.config == src.config and out.provenance["ablated"] == ["blackbox"]
+  assert float(out.meta["blackbox/gain"]) == 0.0
+  assert all(np.array_equal(out.meta[k], src.meta[k]) for k in src.meta if k != "blackbox/gain")
+  grads = [random_grads(SHAPES, seed=i) for i in range(6)]
+  as_tf = lambda meta: {k: tf.constant(v) for k, v in meta.items()}
+  with_bb, _ = run(src.config, grads, meta=as_tf(src.meta))
+  without, _ = run(src.config, grads, meta=as_tf(out.meta))
+  doubled, _ = run(src.config, grads, meta=as_tf(
+      {**src.meta, "blackbox/gain": 2 * src.meta["blackbox/gain"]}))
+  for a, b, c in zip(with_bb[-1], without[-1], doubled[-1]):   # update = nominal + gain * RNN
+    np.testing.assert_allclose(b.numpy(), 2 * a.numpy() - c.numpy(), rtol=1e-4, atol=1e-9)
+  before = (tmp_path / "nobb.npz").read_bytes()
+  with pytest.raises(SystemExit):
+    weights_io.main(["--ablate", "blackbox", str(tmp_path / "nobb.npz"), str(tmp_path / "nobb.npz")])
+  assert (tmp_path / "nobb.npz").read_bytes() == before
+  with pytest.raises(SystemExit):
+    weights_io.main(["--ablate", "blackbox", "paper", str(tmp_path / "p.npz")])
+  assert "paper" in capsys.readouterr().err and not (tmp_path / "p.npz").exists()
