@@ -27,11 +27,12 @@ Every size and switch of the optimizer lives in `HRNNConfig`. Presets:
 * `scheduled()`: `bounded()` with a learned schedule (`learned_schedule`): each of the two step
   lengths (the nominal term's magnitude and the RNN term's) is multiplied by
   (1 + t / schedule_steps)^min(w, 0), t the optimizer's step count and w a learned scalar per
-  term that starts at 0. Measured in `meta_runs/bounded_pes_long`: within `bounded` the best
-  constant step depends on the horizon it is judged on (1,000-step validation wants ~1.1e-2,
-  20,000-step runs need <= ~7.6e-3); the schedule lets one set of weights serve both. It can
-  only shrink the step (w is clipped at 0), so the step stays bounded. With w = 0 it is
-  `bounded()` exactly, which is how it warm-starts from `bounded` weights.
+  term that starts at 0. Motivated by `meta_runs/bounded_pes_long`, where PES on long
+  trajectories shortened the step that PES on shorter ones had lengthened: a schedule lets one
+  set of weights take long steps early and shorter ones late. It can only shrink the step (w
+  is clipped at 0), so the step stays bounded. With w = 0 it is `bounded()` exactly, which is
+  how it warm-starts from `bounded` weights. (A later diagnostic put the PES candidates'
+  long-run failures on the RNN term rather than on the step length; see the README.)
 """
 
 from __future__ import annotations
