@@ -464,7 +464,8 @@ def test_blackbox_ablation_leaves_the_nominal_term_and_says_so(tmp_path, capsys)
     np.testing.assert_allclose(b.numpy(), 2 * a.numpy() - c.numpy(), rtol=1e-4, atol=1e-9)
   before = (tmp_path / "nobb.npz").read_bytes()
   with pytest.raises(SystemExit):
-    weights_io.main(["--ablate", "blackbox", str(tmp_path / "nobb.npz"), str(tmp_path / "nobb.npz")])
+    same = str(tmp_path / "nobb.npz")
+    weights_io.main(["--ablate", "blackbox", same, same])
   assert (tmp_path / "nobb.npz").read_bytes() == before
   with pytest.raises(SystemExit):
     weights_io.main(["--ablate", "blackbox", "paper", str(tmp_path / "p.npz")])

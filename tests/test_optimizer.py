@@ -513,7 +513,8 @@ def test_scheduled_keras_optimizer_follows_the_functional_schedule(tmp_path):
   functional_history, _ = functional_trajectory(
       cfg, 12, init, loss, 3e-3, meta={k: tf.constant(v) for k, v in meta.items()})
   assert_same_history(keras_history, functional_history, rtol=1e-4, atol=1e-6)
-  unscheduled = dict(meta, **{"schedule/nominal": np.float32(0), "schedule/blackbox": np.float32(0)})
+  unscheduled = dict(meta, **{"schedule/nominal": np.float32(0),
+                              "schedule/blackbox": np.float32(0)})
   plain_history, _ = functional_trajectory(
       cfg, 12, init, loss, 3e-3, meta={k: tf.constant(v) for k, v in unscheduled.items()})
   assert not np.allclose(plain_history[-1][0], functional_history[-1][0])
