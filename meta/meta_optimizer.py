@@ -30,6 +30,11 @@ import tensorflow as tf
 # weights; its step multipliers are fixed constants, not meta-parameters, so we exclude ours.
 L2_EXCLUDED = ("log_step_offset", "nominal/log_step", "log_lr_momentum_logit", "log_lr_anchor")
 
+# Meta-parameters with an upper bound, projected onto it after every update. The `scheduled`
+# preset's exponents act as min(w, 0) (a decay, never a growth); without the projection a w
+# pushed above 0 sits where both of PES's +-sigma probes are clipped and gets no signal back.
+UPPER_BOUNDS = {"schedule/nominal": 0.0, "schedule/blackbox": 0.0}
+
 
 def parse_lr_scales(spec: str, names) -> dict[str, float]:
   """Per-meta-parameter learning-rate multipliers from "PATTERN=SCALE,..." (--meta_lr_scales).
@@ -110,6 +115,11 @@ class MetaRMSProp(tf.Module):
       new_ms = self.decay * ms + (1.0 - self.decay) * tf.square(grads[k])
       ms.assign(new_ms)
       variables[k].assign_sub(self.learning_rates[k] * grads[k] * tf.math.rsqrt(new_ms + self.epsilon))
+      self._project(k, variables)
+
+  def _project(self, k: str, variables: Mapping[str, tf.Variable]) -> None:
+    if k in UPPER_BOUNDS:
+      variables[k].assign(tf.minimum(variables[k], UPPER_BOUNDS[k]))
 
 
 class MetaAdam(MetaRMSProp):
@@ -148,6 +158,7 @@ class MetaAdam(MetaRMSProp):
           self.decay * self.mean_square[k] + (1.0 - self.decay) * tf.square(grads[k]))
       variables[k].assign_sub(self.learning_rates[k] * (m / correction1)
                               / (tf.sqrt(v / correction2) + self.epsilon))
+      self._project(k, variables)
 
 
 def build(name: str, variables: Mapping[str, tf.Variable], learning_rate: float, *,

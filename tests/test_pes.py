@@ -383,3 +383,17 @@ def test_pes_carries_of_another_compile_by_are_refused_on_resume(tmp_path):
                                    checkpoint_every_steps=1)).run()
   with pytest.raises(ValueError, match="--compile_by problem"):
     trainer_lib.Trainer(_pes_options(tmp_path / "run", compile_by="bucket"))
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_schedule_exponents_are_projected_onto_w_le_0(name):
+  """The `scheduled` exponents stay <= 0 whatever the meta-gradient says (no dead zone above 0
+  for PES); a meta-gradient towards decay moves them below 0; other variables are not bounded."""
+  variables = {k: tf.Variable(0.0) for k in ("schedule/nominal", "schedule/blackbox", "other")}
+  opt = meta_optimizer.build(name, variables, 1e-2, decay=0.9, epsilon=1e-10, clip=10.0, l2=0.0)
+  for _ in range(5):
+    opt.apply({"schedule/nominal": tf.constant(-1.0), "schedule/blackbox": tf.constant(1.0),
+               "other": tf.constant(-1.0)}, variables)
+  assert float(variables["schedule/nominal"]) == 0.0      # pushed up: held at the bound
+  assert float(variables["schedule/blackbox"]) < -0.01    # pushed down: free
+  assert float(variables["other"]) > 0.01
