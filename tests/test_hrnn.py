@@ -19,8 +19,12 @@ CONFIGS = {
 }
 
 
+def as_tensors(meta):
+  return {k: tf.constant(v) for k, v in meta.items()}
+
+
 def meta_for(cfg, seed=0):
-  return {k: tf.constant(v) for k, v in hrnn.init_meta_params(cfg, seed).items()}
+  return as_tensors(hrnn.init_meta_params(cfg, seed))
 
 
 def random_grads(shapes, seed=0, scale=1.0):
@@ -397,7 +401,7 @@ def _scheduled_meta(nominal: float, blackbox: float) -> dict:
   meta = dict(weights_io.load_for("default", config_lib.scheduled()).meta)
   meta["schedule/nominal"] = np.float32(nominal)
   meta["schedule/blackbox"] = np.float32(blackbox)
-  return {k: tf.constant(v) for k, v in meta.items()}
+  return as_tensors(meta)
 
 
 def test_scheduled_with_zero_exponents_is_the_bounded_default_exactly():
@@ -408,7 +412,7 @@ def test_scheduled_with_zero_exponents_is_the_bounded_default_exactly():
       "schedule/nominal": 0.0, "schedule/blackbox": 0.0}
   default = weights_io.load("default")
   grads = [random_grads(SHAPES, seed=i) for i in range(30)]
-  a, _ = run(default.config, grads, meta={k: tf.constant(v) for k, v in default.meta.items()})
+  a, _ = run(default.config, grads, meta=as_tensors(default.meta))
   b, _ = run(config_lib.scheduled(), grads, meta=_scheduled_meta(0.0, 0.0))
   for ua, ub in zip(a, b):
     for x, y in zip(ua, ub):
@@ -455,10 +459,9 @@ def test_blackbox_ablation_leaves_the_nominal_term_and_says_so(tmp_path, capsys)
   assert float(out.meta["blackbox/gain"]) == 0.0
   assert all(np.array_equal(out.meta[k], src.meta[k]) for k in src.meta if k != "blackbox/gain")
   grads = [random_grads(SHAPES, seed=i) for i in range(6)]
-  as_tf = lambda meta: {k: tf.constant(v) for k, v in meta.items()}
-  with_bb, _ = run(src.config, grads, meta=as_tf(src.meta))
-  without, _ = run(src.config, grads, meta=as_tf(out.meta))
-  doubled, _ = run(src.config, grads, meta=as_tf(
+  with_bb, _ = run(src.config, grads, meta=as_tensors(src.meta))
+  without, _ = run(src.config, grads, meta=as_tensors(out.meta))
+  doubled, _ = run(src.config, grads, meta=as_tensors(
       {**src.meta, "blackbox/gain": 2 * src.meta["blackbox/gain"]}))
   for a, b, c in zip(with_bb[-1], without[-1], doubled[-1]):   # update = nominal + gain * RNN
     np.testing.assert_allclose(b.numpy(), 2 * a.numpy() - c.numpy(), rtol=1e-4, atol=1e-9)
