@@ -33,6 +33,13 @@ Every size and switch of the optimizer lives in `HRNNConfig`. Presets:
   is clipped at 0), so the step stays bounded. With w = 0 it is `bounded()` exactly, which is
   how it warm-starts from `bounded` weights. (A later diagnostic put the PES candidates'
   long-run failures on the RNN term rather than on the step length; see the README.)
+* `annealed()`: `bounded()` whose RNN term is annealed like Adam's step (`anneal_blackbox`):
+  its direction has, per tensor, the RMS of the nominal direction m / sqrt(v) instead of 1.
+  At interpolation the gradients fall below the RMS v remembers and Adam's step fades; the
+  unit-RMS RNN step did not, and at a constant length in a consistent direction it pushed the
+  weights outward (‖W‖ 37 → 120 over 20,000 steps of the demo MLP) until the loss spiked: the
+  long-run failure of every PES candidate so far. Same meta-parameters as `bounded`, so it
+  warm-starts from `bounded` files.
 """
 
 from __future__ import annotations
@@ -86,6 +93,10 @@ class HRNNConfig:
   blackbox_gain: bool = False      # multiply the RNN term by a learned scalar gain...
   blackbox_gain_init: float = 0.0  # ...initialised here (0: untrained = nominal optimizer).
   precondition_output: bool = False  # divide the RNN direction by sqrt(v) before normalising.
+  # RNN term's per-tensor RMS (our departure). False: 1 (eq. 5), whatever the gradients do.
+  # True: the per-tensor RMS of the nominal AdamAggMo direction m / sqrt(v), which shrinks as
+  # the gradients shrink below their long-run RMS (needs nominal_term).
+  anneal_blackbox: bool = False
 
   # Initialisation (hrnn_reference.md §1.1, §1.4, §1.5).
   weight_scale: float = 0.5              # GRU / affine weights ~ N(0, scale / sqrt(fan_in)).
@@ -110,6 +121,9 @@ class HRNNConfig:
           f"HRNNConfig.nominal_rms_decay must be in (0, 1), got {self.nominal_rms_decay}")
     if not self.schedule_steps > 0:
       raise ValueError(f"HRNNConfig.schedule_steps must be > 0, got {self.schedule_steps}")
+    if self.anneal_blackbox and not self.nominal_term:
+      raise ValueError("HRNNConfig.anneal_blackbox needs nominal_term (it takes the nominal "
+                       "direction's RMS)")
     if self.nominal_step <= 0:
       raise ValueError(f"HRNNConfig.nominal_step must be > 0, got {self.nominal_step}")
     if self.blackbox_gain and not self.nominal_term and self.blackbox_gain_init == 0.0:
@@ -180,8 +194,13 @@ def scheduled() -> HRNNConfig:
   return dataclasses.replace(bounded(), learned_schedule=True)
 
 
+def annealed() -> HRNNConfig:
+  """`bounded()` with the RNN term annealed like Adam's step (see the module docstring)."""
+  return dataclasses.replace(bounded(), anneal_blackbox=True)
+
+
 PRESETS = {"paper": paper, "stable": stable, "lean": lean, "bounded": bounded,
-           "scheduled": scheduled}
+           "scheduled": scheduled, "annealed": annealed}
 
 
 def get(name_or_config: str | HRNNConfig | dict | None) -> HRNNConfig:

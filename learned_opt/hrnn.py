@@ -605,6 +605,14 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
     progress = tf.math.log1p(tf.cast(state.step, tf.float32) / config.schedule_steps)
     log_schedule = {name: tf.minimum(meta[f"schedule/{name}"], 0.0) * progress
                     for name in ("blackbox", "nominal") if f"schedule/{name}" in meta}
+  if config.nominal_term:
+    # AdamAggMo: mean over timescales of m_s / sqrt(v).
+    nominal = tf.reduce_mean(momentum, axis=1) * tf.math.rsqrt(nominal_rms + _EPS)
+  if config.anneal_blackbox:
+    # Departure: the RNN direction takes the nominal direction's per-tensor RMS instead of 1,
+    # so that it shrinks, as Adam's step does, once the gradients fall below their long-run
+    # RMS; at unit RMS it kept its full length at interpolation and pushed the weights outward.
+    direction *= tf.sqrt(seg.broadcast(seg.mean(tf.square(nominal[:, None]))))
   blackbox_log_lr = step_log_lr + meta["log_step_offset"] + log_schedule.get("blackbox", 0.0)
   blackbox = (tf.exp(blackbox_log_lr)[:, None] * direction)[:, 0]
   if config.blackbox_gain:
@@ -612,9 +620,7 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
   update = blackbox
 
   if config.nominal_term:
-    # AdamAggMo: mean over timescales of m_s / sqrt(v), with its own learned magnitude
-    # exp(a + head(tensor state)).
-    nominal = tf.reduce_mean(momentum, axis=1) * tf.math.rsqrt(nominal_rms + _EPS)
+    # The nominal term's own learned magnitude exp(a + head(tensor state)).
     log_magnitude = meta["nominal/log_step"] + seg.broadcast(
         _affine(meta, "nominal/head", tensor_hidden))[:, 0] + log_schedule.get("nominal", 0.0)
     update = update + tf.exp(log_magnitude) * nominal

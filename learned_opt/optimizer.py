@@ -56,8 +56,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     weights: name of a shipped weights file ("default", "paper"; see
       `learned_opt.weights.shipped()`), a path to a file written by `train_meta.py --export`,
       or None for the untrained reference initialisation.
-    config: an HRNNConfig, a preset name ("paper", "stable", "lean", "bounded", "scheduled")
-      or dict.
+    config: an HRNNConfig, a preset name ("paper", "stable", "lean", "bounded", "scheduled",
+      "annealed") or dict.
       With a weights file it must match the file's config (or be None: the file's config is
       used).
     seed: seed of the untrained initialisation (weights=None only).

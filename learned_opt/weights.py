@@ -125,7 +125,8 @@ def load(name_or_path: str | os.PathLike,
 # Switches a warm start may turn on: the file's meta-parameters are kept, and the ones the
 # switch adds start at their initial values (the optimizer is the file's until they move).
 WARM_START_SWITCHES = {"anchored_log_lr": ("log_lr_anchor_init",),
-                       "learned_schedule": ("schedule_steps",)}
+                       "learned_schedule": ("schedule_steps",),
+                       "anneal_blackbox": ()}
 
 
 def load_for(name_or_path: str | os.PathLike, config: config_lib.HRNNConfig) -> Weights:

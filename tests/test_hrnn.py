@@ -473,3 +473,56 @@ def test_blackbox_ablation_leaves_the_nominal_term_and_says_so(tmp_path, capsys)
   with pytest.raises(SystemExit):
     weights_io.main(["--ablate", "blackbox", "paper", str(tmp_path / "p.npz")])
   assert "paper" in capsys.readouterr().err and not (tmp_path / "p.npz").exists()
+
+
+def _annealed_parts(anneal, grads, shapes):
+  """(RNN term alone, nominal direction m / sqrt(v) alone) per step, for the default's
+  meta-parameters under `bounded` with anneal_blackbox = `anneal`."""
+  cfg = dataclasses.replace(config_lib.bounded(), anneal_blackbox=anneal)
+  meta = dict(weights_io.load_for("default", cfg).meta)
+  rnn = {**meta, "blackbox/gain": np.float32(1.0), "nominal/log_step": np.float32(-40.0)}
+  nominal = {**meta, "blackbox/gain": np.float32(0.0), "nominal/log_step": np.float32(0.0),
+             **{k: np.zeros_like(v) for k, v in meta.items() if k.startswith("nominal/head/")}}
+  return (run(cfg, grads, meta=as_tensors(rnn), shapes=shapes)[0],
+          run(cfg, grads, meta=as_tensors(nominal), shapes=shapes)[0])
+
+
+def _rms(x):
+  return float(np.sqrt(np.mean(np.square(x))))
+
+
+def test_annealed_rnn_term_has_the_nominal_directions_rms_per_tensor():
+  """anneal_blackbox: the same RNN direction, rescaled per tensor from unit RMS to the RMS
+  of the nominal AdamAggMo direction at that step."""
+  grads = [random_grads(SHAPES, seed=i) for i in range(8)]
+  unit, nominal = _annealed_parts(False, grads, SHAPES)
+  annealed, _ = _annealed_parts(True, grads, SHAPES)
+  for t in (0, 3, 7):
+    for u, n, a in zip(unit[t], nominal[t], annealed[t]):
+      u, n, a = u.numpy(), n.numpy(), a.numpy()
+      np.testing.assert_allclose(a, u * _rms(n), rtol=1e-4, atol=1e-12)
+
+
+def test_annealed_rnn_term_shrinks_as_the_gradients_do_and_the_unit_one_does_not():
+  """At interpolation the gradients keep their sign and shrink geometrically; Adam's step
+  shrinks with them (v remembers the larger past gradients), the unit-RMS RNN step did not."""
+  shapes = [(50, 20)]
+  base = random_grads(shapes, seed=1)[0]
+  grads = [[base * 0.97 ** t] for t in range(300)]
+  unit, _ = _annealed_parts(False, grads, shapes)
+  annealed, _ = _annealed_parts(True, grads, shapes)
+  unit_ratio = _rms(unit[299][0].numpy()) / _rms(unit[20][0].numpy())
+  annealed_ratio = _rms(annealed[299][0].numpy()) / _rms(annealed[20][0].numpy())
+  assert 0.5 < unit_ratio < 2.0
+  assert annealed_ratio < 0.05
+
+
+def test_anneal_blackbox_is_a_warm_start_switch_and_needs_the_nominal_term():
+  cfg = dataclasses.replace(config_lib.bounded(), anneal_blackbox=True)
+  switched = weights_io.load_for("default", cfg)
+  default = weights_io.load("default")
+  assert switched.provenance["switched_on"] == ["anneal_blackbox"]
+  assert all(np.array_equal(switched.meta[k], default.meta[k]) for k in default.meta)
+  assert set(switched.meta) == set(default.meta)
+  with pytest.raises(ValueError, match="anneal_blackbox needs nominal_term"):
+    config_lib.HRNNConfig(anneal_blackbox=True)

@@ -1,5 +1,6 @@
 """Tests of the Keras shell (learned_opt/optimizer.py) and the weights files."""
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -518,3 +519,21 @@ def test_scheduled_keras_optimizer_follows_the_functional_schedule(tmp_path):
   plain_history, _ = functional_trajectory(
       cfg, 12, init, loss, 3e-3, meta={k: tf.constant(v) for k, v in unscheduled.items()})
   assert not np.allclose(plain_history[-1][0], functional_history[-1][0])
+
+
+def test_annealed_keras_optimizer_follows_the_functional_step(tmp_path):
+  """An anneal_blackbox weights file (RNN gain raised so the term matters): the Keras
+  optimizer (XLA step) makes the same updates as an hrnn.step loop, and not the unit-RMS ones."""
+  cfg = config_lib.HRNNConfig(**{**config_lib.bounded().to_dict(), "anneal_blackbox": True})
+  meta = dict(weights_lib.load_for("default", cfg).meta)
+  meta["blackbox/gain"] = np.float32(3.0)
+  weights_lib.save(tmp_path / "a.npz", meta, cfg, {"test": "anneal_blackbox"})
+  init, loss = quadratic_problem(seed=3)
+  opt = learned_opt.LearnedOptimizer(learning_rate=3e-3, weights=str(tmp_path / "a.npz"))
+  _, keras_history = keras_trajectory(opt, 12, init, loss)
+  tensors = {k: tf.constant(v) for k, v in meta.items()}
+  functional_history, _ = functional_trajectory(cfg, 12, init, loss, 3e-3, meta=tensors)
+  assert_same_history(keras_history, functional_history, rtol=1e-4, atol=1e-6)
+  unit_cfg = dataclasses.replace(cfg, anneal_blackbox=False)
+  unit_history, _ = functional_trajectory(unit_cfg, 12, init, loss, 3e-3, meta=tensors)
+  assert not np.allclose(unit_history[-1][0], functional_history[-1][0])
