@@ -12,6 +12,10 @@ from learned_opt import hrnn
 from learned_opt import weights as weights_io
 
 SHAPES = [(3, 4), (), (5,), (2, 3, 4, 5), (7, 1, 2)]
+# The last shipped file under the `bounded` preset (the default from 2026-12-06, third session,
+# to the sixth; the default is `annealed` since).
+BOUNDED = "bounded_v2"
+
 CONFIGS = {
     "paper": config_lib.paper(),
     "stable": config_lib.stable(),
@@ -397,20 +401,20 @@ def test_untrained_bounded_matches_untrained_lean():
 
 
 def _scheduled_meta(nominal: float, blackbox: float) -> dict:
-  """The shipped default's meta-parameters under `scheduled`, with the given exponents."""
-  meta = dict(weights_io.load_for("default", config_lib.scheduled()).meta)
+  """The shipped `bounded` file's meta-parameters under `scheduled`, with the given exponents."""
+  meta = dict(weights_io.load_for(BOUNDED, config_lib.scheduled()).meta)
   meta["schedule/nominal"] = np.float32(nominal)
   meta["schedule/blackbox"] = np.float32(blackbox)
   return as_tensors(meta)
 
 
-def test_scheduled_with_zero_exponents_is_the_bounded_default_exactly():
-  """Switched on by a warm start, the schedule starts at w = 0: the default's own steps."""
-  switched = weights_io.load_for("default", config_lib.scheduled())
+def test_scheduled_with_zero_exponents_is_the_bounded_file_exactly():
+  """Switched on by a warm start, the schedule starts at w = 0: the bounded file's own steps."""
+  switched = weights_io.load_for(BOUNDED, config_lib.scheduled())
   assert switched.provenance["switched_on"] == ["learned_schedule"]
   assert {k: float(v) for k, v in switched.meta.items() if k.startswith("schedule/")} == {
       "schedule/nominal": 0.0, "schedule/blackbox": 0.0}
-  default = weights_io.load("default")
+  default = weights_io.load(BOUNDED)
   grads = [random_grads(SHAPES, seed=i) for i in range(30)]
   a, _ = run(default.config, grads, meta=as_tensors(default.meta))
   b, _ = run(config_lib.scheduled(), grads, meta=_scheduled_meta(0.0, 0.0))
@@ -476,10 +480,10 @@ def test_blackbox_ablation_leaves_the_nominal_term_and_says_so(tmp_path, capsys)
 
 
 def _annealed_parts(anneal, grads, shapes):
-  """(RNN term alone, nominal direction m / sqrt(v) alone) per step, for the default's
+  """(RNN term alone, nominal direction m / sqrt(v) alone) per step, for the `bounded` file's
   meta-parameters under `bounded` with anneal_blackbox = `anneal`."""
   cfg = dataclasses.replace(config_lib.bounded(), anneal_blackbox=anneal)
-  meta = dict(weights_io.load_for("default", cfg).meta)
+  meta = dict(weights_io.load_for(BOUNDED, cfg).meta)
   rnn = {**meta, "blackbox/gain": np.float32(1.0), "nominal/log_step": np.float32(-40.0)}
   nominal = {**meta, "blackbox/gain": np.float32(0.0), "nominal/log_step": np.float32(0.0),
              **{k: np.zeros_like(v) for k, v in meta.items() if k.startswith("nominal/head/")}}
@@ -519,8 +523,8 @@ def test_annealed_rnn_term_shrinks_as_the_gradients_do_and_the_unit_one_does_not
 
 def test_anneal_blackbox_is_a_warm_start_switch_and_needs_the_nominal_term():
   cfg = dataclasses.replace(config_lib.bounded(), anneal_blackbox=True)
-  switched = weights_io.load_for("default", cfg)
-  default = weights_io.load("default")
+  switched = weights_io.load_for(BOUNDED, cfg)
+  default = weights_io.load(BOUNDED)
   assert switched.provenance["switched_on"] == ["anneal_blackbox"]
   assert all(np.array_equal(switched.meta[k], default.meta[k]) for k in default.meta)
   assert set(switched.meta) == set(default.meta)

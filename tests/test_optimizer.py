@@ -504,7 +504,7 @@ def test_scheduled_keras_optimizer_follows_the_functional_schedule(tmp_path):
   """A `scheduled` weights file with decaying exponents: the Keras optimizer (XLA step) keeps
   the step count in its state and makes the same updates as an hrnn.step loop."""
   cfg = config_lib.HRNNConfig(**{**config_lib.scheduled().to_dict(), "schedule_steps": 4.0})
-  meta = dict(weights_lib.load_for("default", config_lib.scheduled()).meta)
+  meta = dict(weights_lib.load_for("bounded_v2", config_lib.scheduled()).meta)
   meta["schedule/nominal"] = np.float32(-0.8)
   meta["schedule/blackbox"] = np.float32(-0.3)
   weights_lib.save(tmp_path / "s.npz", meta, cfg, {"test": "scheduled"})
@@ -525,7 +525,7 @@ def test_annealed_keras_optimizer_follows_the_functional_step(tmp_path):
   """An anneal_blackbox weights file (RNN gain raised so the term matters): the Keras
   optimizer (XLA step) makes the same updates as an hrnn.step loop, and not the unit-RMS ones."""
   cfg = config_lib.HRNNConfig(**{**config_lib.bounded().to_dict(), "anneal_blackbox": True})
-  meta = dict(weights_lib.load_for("default", cfg).meta)
+  meta = dict(weights_lib.load_for("bounded_v2", cfg).meta)
   meta["blackbox/gain"] = np.float32(3.0)
   weights_lib.save(tmp_path / "a.npz", meta, cfg, {"test": "anneal_blackbox"})
   init, loss = quadratic_problem(seed=3)

@@ -212,14 +212,16 @@ def test_fit_time_refuses_steps_per_execution_that_does_not_divide_the_steps():
 
 
 def test_demo_describes_the_shipped_default_by_its_config_and_whole_chain():
-  """The demo names the weights' actual preset (the shipped default's provenance says the run
-  was `lean`; the file is `bounded`) and counts the meta-steps of every warm-started parent."""
+  """The demo names the weights' actual preset (the shipped default's chain began under `lean`;
+  the file is `annealed`) and counts the meta-steps of every warm-started parent."""
   import demo
   import learned_opt
   from learned_opt import weights as weights_lib
   line = demo.describe_weights(learned_opt.LearnedOptimizer())
+  from learned_opt import config as config_lib
   config = weights_lib.load("default").config
-  assert f"config '{'bounded' if config.anchored_log_lr else 'lean'}'" in line, line
+  preset = next(name for name, make in config_lib.PRESETS.items() if make() == config)
+  assert preset == "annealed" and f"config '{preset}'" in line, line
   steps, link = 0, weights_lib.load("default").provenance
   while isinstance(link, dict) and link.get("meta_steps") is not None:
     steps += link["meta_steps"]
