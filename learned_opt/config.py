@@ -37,7 +37,7 @@ Every size and switch of the optimizer lives in `HRNNConfig`. Presets:
   its direction has, per tensor, the RMS of the nominal direction m / sqrt(v) instead of 1.
   At interpolation the gradients fall below the RMS v remembers and Adam's step fades; the
   unit-RMS RNN step did not, and at a constant length in a consistent direction it pushed the
-  weights outward (‖W‖ 37 → 120 over 20,000 steps of the demo MLP) until the loss spiked: the
+  weights outward (‖W‖ 51 → 123 over 20,000 steps of the demo MLP) until the loss spiked: the
   long-run failure of every PES candidate so far. Same meta-parameters as `bounded`, so it
   warm-starts from `bounded` files.
 """
