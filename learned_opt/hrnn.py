@@ -612,7 +612,7 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
     # Departure: the RNN direction takes the nominal direction's per-tensor RMS instead of 1,
     # so that it shrinks, as Adam's step does, once the gradients fall below their long-run
     # RMS; at unit RMS it kept its full length at interpolation and pushed the weights outward.
-    direction *= tf.sqrt(seg.broadcast(seg.mean(tf.square(nominal[:, None]))))
+    direction *= seg.broadcast(tf.sqrt(seg.mean(tf.square(nominal[:, None]))))
   blackbox_log_lr = step_log_lr + meta["log_step_offset"] + log_schedule.get("blackbox", 0.0)
   blackbox = (tf.exp(blackbox_log_lr)[:, None] * direction)[:, 0]
   if config.blackbox_gain:

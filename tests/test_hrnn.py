@@ -414,9 +414,9 @@ def test_scheduled_with_zero_exponents_is_the_bounded_file_exactly():
   assert switched.provenance["switched_on"] == ["learned_schedule"]
   assert {k: float(v) for k, v in switched.meta.items() if k.startswith("schedule/")} == {
       "schedule/nominal": 0.0, "schedule/blackbox": 0.0}
-  default = weights_io.load(BOUNDED)
+  bounded = weights_io.load(BOUNDED)
   grads = [random_grads(SHAPES, seed=i) for i in range(30)]
-  a, _ = run(default.config, grads, meta=as_tensors(default.meta))
+  a, _ = run(bounded.config, grads, meta=as_tensors(bounded.meta))
   b, _ = run(config_lib.scheduled(), grads, meta=_scheduled_meta(0.0, 0.0))
   for ua, ub in zip(a, b):
     for x, y in zip(ua, ub):
@@ -479,16 +479,27 @@ def test_blackbox_ablation_leaves_the_nominal_term_and_says_so(tmp_path, capsys)
   assert "paper" in capsys.readouterr().err and not (tmp_path / "p.npz").exists()
 
 
-def _annealed_parts(anneal, grads, shapes):
-  """(RNN term alone, nominal direction m / sqrt(v) alone) per step, for the `bounded` file's
-  meta-parameters under `bounded` with anneal_blackbox = `anneal`."""
+def _annealed_run(anneal, grads, shapes, overrides):
+  """Updates per step for the `bounded` file's meta-parameters with `overrides` (name ->
+  value), under `bounded` with anneal_blackbox = `anneal`."""
   cfg = dataclasses.replace(config_lib.bounded(), anneal_blackbox=anneal)
   meta = dict(weights_io.load_for(BOUNDED, cfg).meta)
-  rnn = {**meta, "blackbox/gain": np.float32(1.0), "nominal/log_step": np.float32(-40.0)}
-  nominal = {**meta, "blackbox/gain": np.float32(0.0), "nominal/log_step": np.float32(0.0),
-             **{k: np.zeros_like(v) for k, v in meta.items() if k.startswith("nominal/head/")}}
-  return (run(cfg, grads, meta=as_tensors(rnn), shapes=shapes)[0],
-          run(cfg, grads, meta=as_tensors(nominal), shapes=shapes)[0])
+  meta.update({k: np.float32(v) for k, v in overrides.items()})
+  return run(cfg, grads, meta=as_tensors(meta), shapes=shapes)[0]
+
+
+def _rnn_term(anneal, grads, shapes):
+  """The RNN term alone (gain 1, nominal term at exp(-40))."""
+  return _annealed_run(anneal, grads, shapes,
+                       {"blackbox/gain": 1.0, "nominal/log_step": -40.0})
+
+
+def _nominal_direction(grads, shapes):
+  """The nominal direction m / sqrt(v) alone (RNN gain 0, nominal magnitude exp(0 + 0))."""
+  heads = {k: np.zeros_like(v) for k, v in weights_io.load(BOUNDED).meta.items()
+           if k.startswith("nominal/head/")}
+  return _annealed_run(False, grads, shapes,
+                       {"blackbox/gain": 0.0, "nominal/log_step": 0.0, **heads})
 
 
 def _rms(x):
@@ -499,8 +510,8 @@ def test_annealed_rnn_term_has_the_nominal_directions_rms_per_tensor():
   """anneal_blackbox: the same RNN direction, rescaled per tensor from unit RMS to the RMS
   of the nominal AdamAggMo direction at that step."""
   grads = [random_grads(SHAPES, seed=i) for i in range(8)]
-  unit, nominal = _annealed_parts(False, grads, SHAPES)
-  annealed, _ = _annealed_parts(True, grads, SHAPES)
+  unit, nominal = _rnn_term(False, grads, SHAPES), _nominal_direction(grads, SHAPES)
+  annealed = _rnn_term(True, grads, SHAPES)
   for t in (0, 3, 7):
     for u, n, a in zip(unit[t], nominal[t], annealed[t]):
       u, n, a = u.numpy(), n.numpy(), a.numpy()
@@ -513,8 +524,7 @@ def test_annealed_rnn_term_shrinks_as_the_gradients_do_and_the_unit_one_does_not
   shapes = [(50, 20)]
   base = random_grads(shapes, seed=1)[0]
   grads = [[base * 0.97 ** t] for t in range(300)]
-  unit, _ = _annealed_parts(False, grads, shapes)
-  annealed, _ = _annealed_parts(True, grads, shapes)
+  unit, annealed = _rnn_term(False, grads, shapes), _rnn_term(True, grads, shapes)
   unit_ratio = _rms(unit[299][0].numpy()) / _rms(unit[20][0].numpy())
   annealed_ratio = _rms(annealed[299][0].numpy()) / _rms(annealed[20][0].numpy())
   assert 0.5 < unit_ratio < 2.0
@@ -524,9 +534,9 @@ def test_annealed_rnn_term_shrinks_as_the_gradients_do_and_the_unit_one_does_not
 def test_anneal_blackbox_is_a_warm_start_switch_and_needs_the_nominal_term():
   cfg = dataclasses.replace(config_lib.bounded(), anneal_blackbox=True)
   switched = weights_io.load_for(BOUNDED, cfg)
-  default = weights_io.load(BOUNDED)
+  bounded = weights_io.load(BOUNDED)
   assert switched.provenance["switched_on"] == ["anneal_blackbox"]
-  assert all(np.array_equal(switched.meta[k], default.meta[k]) for k in default.meta)
-  assert set(switched.meta) == set(default.meta)
+  assert all(np.array_equal(switched.meta[k], bounded.meta[k]) for k in bounded.meta)
+  assert set(switched.meta) == set(bounded.meta)
   with pytest.raises(ValueError, match="anneal_blackbox needs nominal_term"):
     config_lib.HRNNConfig(anneal_blackbox=True)

@@ -426,12 +426,13 @@ def test_jit_compile_large_model_regression():
   state = hrnn.init_state(meta, layout, opt.hrnn_config, math.log(1e-3))
   updates, _ = hrnn.step(meta, state, grads, opt.hrnn_config, layout)
   for v, v0, u in zip(variables, init, updates):
-    # Compared as updates, to 1e-3 of their RMS: XLA sums the per-tensor means of a 1M-element
+    # Compared as updates, to 1e-4 of their RMS: XLA sums the per-tensor means of a 1M-element
     # tensor in another order than the eager step, and with the RNN term on (the `annealed`
-    # default, gain -0.1) that round-off reaches ~1e-4 of the update on a few hundred elements.
+    # default, gain -0.1) that round-off reaches 2.2e-5 of the update's RMS (measured), more
+    # than the 1e-7 absolute on the weights that the `bounded` default's steps stayed within.
     u = u.numpy()
-    np.testing.assert_allclose(v0 - v.numpy(), u, rtol=1e-3,
-                               atol=1e-3 * float(np.sqrt(np.mean(u ** 2))))
+    np.testing.assert_allclose(v0 - v.numpy(), u, rtol=1e-4,
+                               atol=1e-4 * float(np.sqrt(np.mean(u ** 2))))
   assert int(opt.state().step.numpy()) == 1 and opt.skipped_steps == 0
 
 

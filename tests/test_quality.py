@@ -218,10 +218,7 @@ def test_demo_describes_the_shipped_default_by_its_config_and_whole_chain():
   import learned_opt
   from learned_opt import weights as weights_lib
   line = demo.describe_weights(learned_opt.LearnedOptimizer())
-  from learned_opt import config as config_lib
-  config = weights_lib.load("default").config
-  preset = next(name for name, make in config_lib.PRESETS.items() if make() == config)
-  assert preset == "annealed" and f"config '{preset}'" in line, line
+  assert "config 'annealed'" in line, line
   steps, link = 0, weights_lib.load("default").provenance
   while isinstance(link, dict) and link.get("meta_steps") is not None:
     steps += link["meta_steps"]
