@@ -24,13 +24,15 @@ the wall-time ratio to Adam(2e-3), reported only when both runs were timed by th
 (with --retime_reference, the default, Adam(2e-3) is re-run beside every fresh learned run
 whose reference came from the cache). Summary: wins (lower final training loss) against every
 baseline, interquartile mean (IQM) over tasks of the normalised final loss (learned / tuned
-Adam, 1 = as good as tuned Adam) and of the speedup, and divergences (a non-finite loss, or a
-final loss above the initial one).
+Adam, 1 = as good as tuned Adam) and of the speedup, divergences (a non-finite loss, or a
+final loss above the initial one) and blow-ups (a run that falls apart after making progress
+and recovers only partly, see `blow_up`).
 
     python -m benchmarks.suite                              # shipped default vs baselines
     python -m benchmarks.suite --weights /tmp/run.npz       # any exported weights file
     python -m benchmarks.suite --tasks mlp8_tanh_digits,gru_lm_python_license --name probe
     python -m benchmarks.suite --baselines_only             # fill the cache only
+    python -m benchmarks.suite --resummarize benchmarks/results/suite   # summaries only
 
 Outputs in benchmarks/results/<--name>/: suite.md (tables), suite.json (every number and
 curve), curves/<task>.png, summary.png.
@@ -167,6 +169,36 @@ def divergence(losses: Sequence[float]) -> str | None:
   return None
 
 
+# A blow-up: once a run has made real progress (its best loss so far is at most BLOW_UP_PROGRESS
+# of its initial loss), a later point gives back at least BLOW_UP_GIVEBACK of that progress,
+# i.e. rises above the best by half the distance from the initial loss down to it. It catches
+# a run that falls apart and recovers only partly (a divergence needs a non-finite loss or a
+# final loss above the initial one), and ignores what a user would not call unstable: the
+# early transients of BatchNorm models, whose loss rises before any progress, and relative
+# jumps at interpolation (1e-6 -> 1e-4 is a 100x jump but gives back nothing that matters).
+BLOW_UP_PROGRESS = 0.5
+BLOW_UP_GIVEBACK = 0.5
+
+
+def blow_up(losses: Sequence[float]) -> str | None:
+  """Why a run counts as having blown up (see BLOW_UP_*), or None; non-finite points are left
+  to `divergence`."""
+  if not len(losses) or losses[0] is None or not math.isfinite(losses[0]):
+    return None
+  initial, best, best_index = float(losses[0]), math.inf, 0
+  for index, value in enumerate(losses):
+    if value is None or not math.isfinite(value):
+      continue
+    if value < best:
+      best, best_index = float(value), index
+      continue
+    progress = initial - best
+    if best <= BLOW_UP_PROGRESS * initial and value - best >= BLOW_UP_GIVEBACK * progress:
+      return (f"loss {value:.4g} at point {index} after {best:.4g} at point {best_index} "
+              f"(gave back {(value - best) / progress:.0%} of its progress from {initial:.4g})")
+  return None
+
+
 def finite_or_inf(value) -> float:
   return value if value is not None and math.isfinite(value) else math.inf
 
@@ -229,6 +261,7 @@ def task_summary(runs: dict[str, dict], learned: Sequence[str]) -> dict:
         "normalised_loss": finite_or_inf(run["final_loss"]) / max(
             finite_or_inf(tuned["final_loss"]), 1e-12) if tuned else math.nan,
         "diverged": run["diverged"],
+        "blew_up": blow_up(run["losses"]),
     }
   return summary
 
@@ -242,7 +275,7 @@ def overall_summary(tasks: dict[str, dict], learned: Sequence[str]) -> dict:
   out = {}
   for label in learned:
     wins, counted = {}, {}
-    normalised, speedups, divergences = [], [], []
+    normalised, speedups, divergences, blow_ups = [], [], [], []
     for name, task in tasks.items():
       runs = task["runs"]
       mine = finite_or_inf(runs[label]["final_loss"])
@@ -257,16 +290,23 @@ def overall_summary(tasks: dict[str, dict], learned: Sequence[str]) -> dict:
       speedups.append(s["speedup"])
       if s["diverged"]:
         divergences.append(name)
+      elif blow_up(runs[label]["losses"]):
+        blow_ups.append(name)
     out[label] = {"wins": wins, "tasks_compared": counted,
                   "iqm_normalised_loss": iqm(normalised), "iqm_speedup": iqm(speedups),
                   "median_speedup": float(np.median(speedups)) if speedups else math.nan,
-                  "divergences": divergences}
-  # Divergences of every baseline too (a benchmark that nothing diverges on is too easy).
-  out["baseline_divergences"] = {}
+                  "divergences": divergences, "blow_ups": blow_ups}
+  # Divergences and blow-ups of every baseline too (a benchmark that nothing diverges on is
+  # too easy).
+  out["baseline_divergences"], out["baseline_blow_ups"] = {}, {}
   for name, task in tasks.items():
     for label, run in task["runs"].items():
-      if label not in learned and run["diverged"]:
+      if label in learned:
+        continue
+      if run["diverged"]:
         out["baseline_divergences"].setdefault(label, []).append(name)
+      elif blow_up(run["losses"]):
+        out["baseline_blow_ups"].setdefault(label, []).append(name)
   return out
 
 
@@ -512,7 +552,9 @@ def markdown(results: dict) -> str:
               f"Adam, lower is better) {fmt(s['iqm_normalised_loss'], 3)}, IQM speedup vs "
               f"Adam(2e-3) {fmt(s['iqm_speedup'], 3)} (median {fmt(s['median_speedup'], 3)}), "
               f"divergences {len(s['divergences'])}"
-              + (f" ({', '.join(s['divergences'])})" if s["divergences"] else "") + ".", ""]
+              + (f" ({', '.join(s['divergences'])})" if s["divergences"] else "")
+              + f", blow-ups {len(s.get('blow_ups', []))}"
+              + (f" ({', '.join(s['blow_ups'])})" if s.get("blow_ups") else "") + ".", ""]
     lines += ["| wins (lower final train loss) against | " + " | ".join(s["wins"]) + " |",
               "|---|" + "---:|" * len(s["wins"]),
               f"| {label} | " + " | ".join(f"{s['wins'][k]}/{s['tasks_compared'][k]}"
@@ -521,6 +563,14 @@ def markdown(results: dict) -> str:
   if base_div:
     lines += ["Baseline divergences: " + "; ".join(f"{k}: {', '.join(v)}"
                                                    for k, v in base_div.items()), ""]
+  base_blow = results["summary"].get("baseline_blow_ups")
+  if base_blow:
+    lines += ["Baseline blow-ups: " + "; ".join(f"{k}: {', '.join(v)}"
+                                                for k, v in base_blow.items()), ""]
+  lines += [f"A divergence is a non-finite loss or a final loss above the initial one; a "
+            f"blow-up (counted only where there is no divergence) is a point that gives back "
+            f"at least {BLOW_UP_GIVEBACK:.0%} of the progress made once the best loss is at "
+            f"most {BLOW_UP_PROGRESS:.0%} of the initial one.", ""]
   # Final training loss table.
   columns = [*learned, REFERENCE, "Adam(0.001)", "RMSProp(1e-2)", "SGD(1e-2, m0.9)", UNTRAINED]
   lines += ["Final training loss (fixed training subset, model in inference mode).", "",
@@ -616,6 +666,22 @@ def plot_summary(results: dict, path: str) -> None:
   plt.close(fig)
 
 
+def resummarize(out: str) -> dict:
+  """Recomputes the summaries of a finished run from the runs stored in out/suite.json and
+  rewrites its outputs; nothing is trained (for a changed summary criterion)."""
+  path = os.path.join(out, "suite.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--resummarize: no suite.json in {out!r}")
+  with open(path) as f:
+    results = unjson(json.load(f))
+  learned = results["learned"]
+  for task in results["tasks"].values():
+    task["summary"] = task_summary(task["runs"], learned)
+  results["summary"] = overall_summary(results["tasks"], learned)
+  write_outputs(results, out)
+  return results
+
+
 def write_outputs(results: dict, out: str) -> None:
   table = markdown(results)
   print("\n" + table)
@@ -650,10 +716,15 @@ def define_flags():
                     "learned run, so that time ratios compare runs timed side by side.")
   flags.DEFINE_string("name", "suite", "Results go to benchmarks/results/<name>/.")
   flags.DEFINE_string("out", None, "Output directory (overrides --name).")
+  flags.DEFINE_string("resummarize", None, "Recompute the summaries of the finished run in "
+                      "this directory from its suite.json and rewrite its outputs (no training).")
 
 
 def main(argv):
   del argv
+  if FLAGS.resummarize:
+    resummarize(FLAGS.resummarize)
+    return
   weights = [] if FLAGS.baselines_only else (FLAGS.weights or ["default"])
   run(Options(weights=weights, tasks=FLAGS.tasks, baselines=FLAGS.baselines, seed=FLAGS.seed,
               curve_points=FLAGS.curve_points, steps=FLAGS.steps,

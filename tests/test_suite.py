@@ -75,6 +75,20 @@ def test_divergence(losses, diverged):
   assert bool(suite.divergence(losses)) == diverged
 
 
+@pytest.mark.parametrize("losses, blew_up", [
+    ([4.6, 2.4, 1.2, 1.2, 3.5, 2.4], True),        # the GRU LM: falls apart, recovers partly
+    ([4.6, 2.4, 1.2, 1.2, 2.8, 1.0], False),       # gives back less than half
+    ([2.3, 10.8, 16.8, 2.0, 0.1, 0.01], False),    # rises before any progress (BatchNorm)
+    ([2.3, 2.0, 2.3, 1.0, 0.5], False),            # best 2.0 is not yet half the initial
+    ([0.7, 1e-6, 1e-4, 1e-6], False),              # a 100x jump at interpolation
+    ([0.7, 0.01, 1.47, 0.02], True),               # a spike past the initial loss
+    ([2.0, 1.0, NAN], False),                      # non-finite: a divergence, not a blow-up
+    ([], False),
+])
+def test_blow_up(losses, blew_up):
+  assert bool(suite.blow_up(losses)) == blew_up
+
+
 def test_iqm():
   assert suite.iqm([1, 2, 3, 4]) == pytest.approx(2.5)              # middle two
   assert suite.iqm([100, 1, 2, 3, 4, 5, 6, -50]) == pytest.approx(3.5)  # outliers cut
@@ -94,7 +108,8 @@ def test_task_and_overall_summary():
     return {"runs": runs, "summary": suite.task_summary(runs, ["learned:x"])}
   tasks = {"a": task([1.0, 0.1, 0.05], 0.2, 0.1),     # beats everyone
            "b": task([1.0, 0.7, 0.6], 0.2, 0.1),      # loses to the Adams, beats untrained
-           "c": task([1.0, NAN, NAN], 0.3, 0.3)}      # diverges
+           "c": task([1.0, NAN, NAN], 0.3, 0.3),      # diverges
+           "d": task([1.0, 0.1, 0.9, 0.3], 0.3, 0.3)} # blows up
   a = tasks["a"]["summary"]
   assert a["tuned_adam"] == "Adam(0.01)"
   assert a["learned"]["learned:x"]["normalised_loss"] == pytest.approx(0.5)
@@ -109,11 +124,16 @@ def test_task_and_overall_summary():
   overall = suite.overall_summary(tasks, ["learned:x"])["learned:x"]
   assert overall["wins"][suite.REFERENCE] == 1
   assert overall["wins"][suite.TUNED] == 1
-  assert overall["wins"][suite.UNTRAINED] == 2
-  assert overall["tasks_compared"][suite.REFERENCE] == 3
-  assert overall["divergences"] == ["c"]
-  # normalised losses 0.5, 6, inf: with 3 tasks nothing is cut (n // 4 = 0), so inf
-  assert overall["iqm_normalised_loss"] == INF
+  assert overall["wins"][suite.UNTRAINED] == 3
+  assert overall["tasks_compared"][suite.REFERENCE] == 4
+  assert overall["divergences"] == ["c"] and overall["blow_ups"] == ["d"]
+  assert tasks["d"]["summary"]["learned"]["learned:x"]["blew_up"].startswith("loss 0.9")
+  # normalised losses 0.5, 1, 6, inf: the middle two after cutting one each side
+  assert overall["iqm_normalised_loss"] == pytest.approx(3.5)
+  # Baselines are counted too.
+  tasks["b"]["runs"]["Adam(0.001)"] = _run([1.0, 0.2, 0.8], label="Adam(0.001)")
+  everyone = suite.overall_summary(tasks, ["learned:x"])
+  assert everyone["baseline_blow_ups"] == {"Adam(0.001)": ["b"]}
 
 
 # ---- the cache --------------------------------------------------------------------------------
@@ -525,3 +545,13 @@ def test_tiny_benchmark_run_writes_outputs_and_uses_the_cache(tmp_path, capsys):
   summary = fourth["tasks"]["regression_linnerud"]["summary"]["learned"]["learned:default"]
   assert summary["wall_ratio"] is None
   assert "not timed by one process" in open(tmp_path / "out" / "suite.md").read()
+  # --resummarize recomputes the summaries from suite.json alone (no training, no cache).
+  stored = json.load(open(tmp_path / "out" / "suite.json"))
+  stored["summary"] = {}
+  json.dump(stored, open(tmp_path / "out" / "suite.json", "w"))
+  again = suite.resummarize(str(tmp_path / "out"))
+  assert again["summary"]["learned:default"]["divergences"] == \
+      fourth["summary"]["learned:default"]["divergences"]
+  assert "blow-ups" in open(tmp_path / "out" / "suite.md").read()
+  with pytest.raises(FileNotFoundError, match="no suite.json"):
+    suite.resummarize(str(tmp_path / "nowhere"))
