@@ -227,22 +227,61 @@ def _unroll_flat(target: _Target, meta, params, state, initial_loss, num_steps, 
 _COMPILED: dict[tuple, Callable] = {}
 
 # Size buckets: a problem of N parameters runs padded to max(MIN_ROWS, next power of 2 >= N)
-# rows, in a group of at most MAX_BRANCHES problems of that size (one compiled function each).
-# A problem whose data has more than HEAVY_DATA elements gets a group of its own: the gradient
-# of a switch inside the loop keeps every branch's intermediates (zeros for the branches not
-# taken) for every step, so big-data branches would slow down every problem of their group
-# (measured: 8 such problems in one function ran 40x slower per step than alone), and XLA's
-# compile time and memory grow faster than linearly with the branches (16 small branches:
-# 35 CPU-s; 24 composite ones: 160 CPU-s and 3.6 GB). Networks (`Problem.compile_alone`) get a
-# group of their own too: a group of network structures did not finish compiling.
+# rows, in a group of at most MAX_BRANCHES branches (one compiled function per group). A
+# problem and its noisy copies share one branch (`_branch_key`). Two measured limits shape the
+# groups. The gradient of a switch inside the loop stacks every branch's intermediates at every
+# step (zeros for the branches not taken): a minibatched problem with more than HEAVY_DATA
+# elements of batched data (its minibatch and full-data activations are such intermediates)
+# gets a group of its own (6 of them in one function ran 10x slower per step than alone);
+# full-batch data is unpacked outside the loop (`_Group.target`) and costs the others nothing
+# (quadratic_d784 beside quadratic_d1024: the same time per step as alone). And XLA's compile
+# time and memory grow faster than linearly with the branches (16 small ones: 35 CPU-s; 24
+# composite ones: 160 CPU-s and 3.6 GB). The last, partly filled group of a size moves up
+# into the next size's groups, if that size is at most CARRY_UP_ROWS, instead of compiling on
+# its own: at those sizes the padded rows cost little. Networks (`Problem.compile_alone`) get a group of their
+# own: a group of network structures did not finish compiling.
 MIN_ROWS = 64
 MAX_BRANCHES = 16
 HEAVY_DATA = 50_000
+CARRY_UP_ROWS = 512
 _DATA_DTYPES = (np.float32, np.int32)
 
 
 def padded_rows(num_params: int) -> int:
   return max(MIN_ROWS, 1 << max(int(num_params) - 1, 0).bit_length())
+
+
+def _shared_noise(problem) -> bool:
+  """Whether the problem's gradient noise is the base class's (a level times N(0, 1) on every
+  entry), so that the level can be a tensor (`Problem.gradients(noise_stdev=...)`)."""
+  from problems import base   # pylint: disable=import-outside-toplevel
+  kind = type(problem)
+  return (kind.gradients is base.Problem.gradients
+          and kind.perturb_gradients is base.Problem.perturb_gradients)
+
+
+def _branch_key(problem) -> tuple:
+  """Problems with one key compute the same loss graph from their data: a problem and its
+  noisy copies ("quadratic_d20", "quadratic_d20_noise0.5"), whose names differ only in the
+  noise suffix and whose noise is the base class's. They share a branch of a group's switch,
+  with the noise level as data."""
+  from problems import base   # pylint: disable=import-outside-toplevel
+  suffix = base.noise_suffix(problem.noise_stdev)
+  if not _shared_noise(problem) or (suffix and not problem.name.endswith(suffix)):
+    return ("problem", problem.name)
+  stem = problem.name[:len(problem.name) - len(suffix)]
+  return ("noise", type(problem).__module__, type(problem).__qualname__, stem,
+          tuple(tuple(s) for s in problem.param_shapes()), problem.batch_size,
+          _data_spec(problem).entries)
+
+
+def _batched_size(problem) -> int:
+  """Elements of the problem's batched data (0 for full-batch problems)."""
+  if problem.batch_size is None:
+    return 0
+  keys = set(getattr(problem, "batched_keys", ()))
+  return sum(int(np.prod(shape, dtype=np.int64))
+             for key, shape, _, _ in _data_spec(problem).entries if key in keys)
 
 
 class _DataSpec(NamedTuple):
@@ -273,25 +312,39 @@ def _data_spec(problem, data=None) -> _DataSpec:
 
 
 class _Group:
-  """Problems that share one compiled unroll: same padded size, one branch each.
+  """Problems that share one compiled unroll: same padded size, a switch over their branches.
 
-  The compiled function takes the problem's index in the group, its padded flat parameters
+  The compiled function takes the problem's branch in the group, its padded flat parameters
   and state, its segment ids / counts / masks and its data packed into one float32 and one
-  int32 buffer, all as tensors; `tf.switch_case` picks the problem's loss. Everything else -
-  the inner loop, the hRNN step, the meta-objective and the meta-gradient - is traced and
-  compiled once for the group.
+  int32 buffer, all as tensors; `tf.switch_case` picks the branch's loss. A branch serves one
+  problem, or a problem and its noisy copies (`_branch_key`), whose noise level then rides at
+  the end of the float32 buffer. Everything else - the inner loop, the hRNN step, the
+  meta-objective and the meta-gradient - is traced and compiled once for the group.
   """
 
   def __init__(self, problems):
     self.problems = list(problems)
     self.index = {p.name: i for i, p in enumerate(self.problems)}
+    keys = [_branch_key(p) for p in self.problems]
+    first = {}
+    for i, key in enumerate(keys):
+      first.setdefault(key, i)
+    self.branches = list(first.values())       # a representative problem index per branch
+    self.branch_of = {p.name: self.branches.index(first[keys[i]])
+                      for i, p in enumerate(self.problems)}
+    shared = {key for key in keys if keys.count(key) > 1}
+    self.noise_as_data = [keys[rep] in shared for rep in self.branches]   # per branch
     self.rows = padded_rows(max(p.num_params for p in self.problems))
     self.slots = max(len(p.param_shapes()) for p in self.problems) + 1
     self.specs = [_data_spec(p) for p in self.problems]
-    self.buffer_sizes = [max(1, max(spec.sizes[k] for spec in self.specs))
+    self.buffer_sizes = [max(1, max(spec.sizes[k] + int(k == 0 and self._noise_slot(p))
+                                    for p, spec in zip(self.problems, self.specs)))
                          for k in range(len(_DATA_DTYPES))]
     self.layouts = [hrnn.Layout(p.param_shapes()) for p in self.problems]
     self.key = (self.rows, tuple(p.name for p in self.problems))
+
+  def _noise_slot(self, problem) -> bool:
+    return self.noise_as_data[self.branch_of[problem.name]]
 
   # --- per problem, outside the compiled function ----------------------------------------
 
@@ -319,9 +372,11 @@ class _Group:
         raise ValueError(f"{problem.name}: data entry {key!r} has shape {tuple(value.shape)}, "
                          f"but this problem's instances have {shape}")
       parts[kind].append(tf.reshape(tf.cast(value, _DATA_DTYPES[kind]), [-1]))
+    if self._noise_slot(problem):
+      parts[0].append(tf.constant([problem.noise_stdev], tf.float32))
     buffers = []
     for kind, dtype in enumerate(_DATA_DTYPES):
-      size = spec.sizes[kind]
+      size = spec.sizes[kind] + int(kind == 0 and self._noise_slot(problem))
       pad = tf.zeros([self.buffer_sizes[kind] - size], dtype)
       buffers.append(tf.concat(parts[kind] + [pad], axis=0))
     return buffers
@@ -358,6 +413,15 @@ class _Group:
         data[key] = tf.reshape(buffers[kind][offset:offset + size], shape)
       return data
 
+    # Unpacked here, outside the inner loop: the branches capture their data as loop
+    # invariants. Unpacked inside a branch, a data tensor the backward pass needs (a design
+    # matrix) is an intermediate of the switch, and the loop's gradient stacks every branch's
+    # intermediates at every step (zeros for the branches not taken): measured, a 5,000 x 56
+    # minibatch problem ran 4x slower alone that way.
+    datas = [problem_data(rep) for rep in self.branches]
+    noises = [buffers[0][self.specs[rep].sizes[0]] if noisy else None
+              for rep, noisy in zip(self.branches, self.noise_as_data)]
+
     def unflatten(i, flat):
       return self.layouts[i].unflatten(flat[:self.layouts[i].total])
 
@@ -365,21 +429,26 @@ class _Group:
       return tf.pad(flat, [[0, rows - self.layouts[i].total]])
 
     def gradients(flat, step_seed):
-      def branch(i):
+      def branch(b):
+        i = self.branches[b]
         problem = self.problems[i]
         def fn():
-          data = problem_data(i)
-          loss, grads = problem.gradients(unflatten(i, flat), data, step_seed)
+          data, params = datas[b], unflatten(i, flat)
+          if noises[b] is None:
+            loss, grads = problem.gradients(params, data, step_seed)
+          else:
+            loss, grads = problem.gradients(params, data, step_seed, noise_stdev=noises[b])
           if problem.batch_size is not None and meta_loss == "full":   # the objective's f
-            loss = problem.full_loss(unflatten(i, flat), data)
+            loss = problem.full_loss(params, data)
           return loss, pad(i, self.layouts[i].flatten(grads))
         return fn
-      return tf.switch_case(index, [branch(i) for i in range(len(self.problems))])
+      return tf.switch_case(index, [branch(b) for b in range(len(self.branches))])
 
     def full_loss(flat):
-      def branch(i):
-        return lambda: self.problems[i].full_loss(unflatten(i, flat), problem_data(i))
-      return tf.switch_case(index, [branch(i) for i in range(len(self.problems))])
+      def branch(b):
+        i = self.branches[b]
+        return lambda: self.problems[i].full_loss(unflatten(i, flat), datas[b])
+      return tf.switch_case(index, [branch(b) for b in range(len(self.branches))])
 
     segments = hrnn.Segments.padded(**segments_arrays)
     # Minibatch problems' objective loss is computed inside their branch, so the loop never
@@ -450,19 +519,40 @@ class Unroller:
       self._plan(problems)
 
   def _plan(self, problems) -> None:
+    """Groups the pool: by padded size, at most MAX_BRANCHES branches each (see MAX_BRANCHES
+    for which problems go alone and which move up a size)."""
     by_rows: dict[int, list] = {}
     for problem in sorted({p.name: p for p in problems}.values(), key=lambda p: p.name):
       by_rows.setdefault(padded_rows(problem.num_params), []).append(problem)
+
     def alone(p):
-      return getattr(p, "compile_alone", False) or sum(_data_spec(p).sizes) > HEAVY_DATA
-    for rows in sorted(by_rows):
-      light = [p for p in by_rows[rows] if not alone(p)]
-      heavy = [p for p in by_rows[rows] if alone(p)]
+      return getattr(p, "compile_alone", False) or _batched_size(p) > HEAVY_DATA
+
+    def branches(members):   # problems by branch, in order
+      out: dict[tuple, list] = {}
+      for p in members:
+        out.setdefault(_branch_key(p), []).append(p)
+      return list(out.values())
+
+    def add(members):
+      group = _Group(members)
+      for problem in group.problems:
+        self._groups[problem.name] = group
+
+    carried: list = []         # branches moving up from a smaller size
+    sizes = sorted(by_rows)
+    for rows in sizes:
+      light = carried + branches([p for p in by_rows[rows] if not alone(p)])
+      heavy = branches([p for p in by_rows[rows] if alone(p)])
       chunks = [light[i:i + MAX_BRANCHES] for i in range(0, len(light), MAX_BRANCHES)]
-      for members in chunks + [[p] for p in heavy]:
-        group = _Group(members)
-        for problem in group.problems:
-          self._groups[problem.name] = group
+      carried = []
+      larger = [r for r in sizes if r > rows]
+      if chunks and len(chunks[-1]) < MAX_BRANCHES and larger and larger[0] <= CARRY_UP_ROWS:
+        carried = chunks.pop()
+      for chunk in chunks + [[b] for b in heavy]:
+        add([p for branch in chunk for p in branch])
+    if carried:
+      add([p for branch in carried for p in branch])
 
   def group_for(self, problem) -> _Group:
     if problem.name not in self._groups:
@@ -518,11 +608,11 @@ class Unroller:
     if not tf.executing_eagerly():   # traced (parameter-server closures): graph tensors only
       return (group, group.pack_data(problem, data),
               {k: tf.constant(v) for k, v in group.segments_arrays(problem).items()},
-              tf.constant(group.index[problem.name], tf.int32))
+              tf.constant(group.branch_of[problem.name], tf.int32))
     if problem.name not in self._segments:
       self._segments[problem.name] = (
           {k: tf.constant(v) for k, v in group.segments_arrays(problem).items()},
-          tf.constant(group.index[problem.name], tf.int32))
+          tf.constant(group.branch_of[problem.name], tf.int32))
     packed = self._packed.get(problem.name)
     if packed is None or packed[0] is not data:
       packed = self._packed[problem.name] = (data, group.pack_data(problem, data))

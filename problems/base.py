@@ -228,12 +228,20 @@ class Problem:
     return {key: tf.gather(value, indices) if key in self.batched_keys else value
             for key, value in data.items()}
 
-  def perturb_gradients(self, grads: list[tf.Tensor], seed) -> list[tf.Tensor]:
-    """Adds this problem's gradient noise (reference `Problem.gradients`)."""
-    if self.noise_stdev == 0.0:
-      return grads
+  def perturb_gradients(self, grads: list[tf.Tensor], seed,
+                        noise_stdev: tf.Tensor | None = None) -> list[tf.Tensor]:
+    """Adds this problem's gradient noise (reference `Problem.gradients`).
+
+    `noise_stdev` (a float32 scalar tensor) replaces `self.noise_stdev`: the bucketed unroll
+    (meta/unroll.py) runs a problem and its noisy copies through one branch, with the noise
+    level as data; a zero level adds exact zeros.
+    """
+    if noise_stdev is None:
+      if self.noise_stdev == 0.0:
+        return grads
+      noise_stdev = self.noise_stdev
     noise_seed = step_stream(seed, NOISE_STREAM)
-    return [grad + self.noise_stdev * standard_normal(grad.shape, step_stream(noise_seed, index))
+    return [grad + noise_stdev * standard_normal(grad.shape, step_stream(noise_seed, index))
             for index, grad in enumerate(grads)]
 
   def loss(self, params, data, seed=None) -> tf.Tensor:
@@ -245,19 +253,23 @@ class Problem:
     """Full-data objective (the meta-objective's f)."""
     return self.objective(self._checked(params), data)
 
-  def gradients(self, params, data, seed) -> tuple[tf.Tensor, list[tf.Tensor]]:
+  def gradients(self, params, data, seed,
+                noise_stdev: tf.Tensor | None = None) -> tuple[tf.Tensor, list[tf.Tensor]]:
     """Minibatch loss and its gradients, with noise and masking applied.
 
     Differentiable again with respect to params (second derivatives): the
     gradients come from a GradientTape, and noise and masks are additive or
-    multiplicative constants.
+    multiplicative constants. `noise_stdev`: see `perturb_gradients` (only for problems
+    whose noise is the base class's; meta/unroll.py checks).
     """
     params = self._checked(params)
     with tf.GradientTape() as tape:
       tape.watch(params)
       loss = self.objective(params, self.minibatch(data, seed))
     grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return loss, self.perturb_gradients(list(grads), seed)
+    if noise_stdev is None:
+      return loss, self.perturb_gradients(list(grads), seed)
+    return loss, self.perturb_gradients(list(grads), seed, noise_stdev)
 
   def check_params(self, params) -> None:
     """Eager check: shapes, dtype and finiteness; raises ValueError naming the tensor.

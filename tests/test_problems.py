@@ -410,3 +410,20 @@ def test_adam_reduces_full_loss(name):
   start = full_loss(problem, init, data)
   end = full_loss(problem, [p.numpy() for p in params], data)
   assert end - problem.minimum < 0.5 * (start - problem.minimum), (start, end)
+
+
+def test_noise_level_as_a_tensor_is_the_problems_own_noise():
+  """The bucketed unroll runs a problem and its noisy copy through one branch, with the level
+  as a tensor (meta/unroll.py `_branch_key`): the same gradients as each problem's own."""
+  clean, noisy = problems.get("bowl_k1"), problems.get("bowl_k1_noise0.1")
+  data = clean.sample_data(3)
+  params = clean.init_params(3)
+  seed = tf.constant([1, 2], tf.int32)
+  _, own_noisy = noisy.gradients(params, data, seed)
+  _, as_tensor = clean.gradients(params, data, seed, noise_stdev=tf.constant(0.1))
+  _, own_clean = clean.gradients(params, data, seed)
+  _, zero = noisy.gradients(params, data, seed, noise_stdev=tf.constant(0.0))
+  for a, b, c, d in zip(own_noisy, as_tensor, own_clean, zero):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_array_equal(c, d)
+    assert not np.allclose(a, c)
