@@ -347,6 +347,18 @@ def process_memory_bytes(field: str = "VmRSS") -> int | None:
   return None
 
 
+def release_free_memory() -> bool:
+  """Returns memory the C heap has freed to the operating system (glibc's malloc_trim); False
+  where that is not available. An XLA compile frees about as much as its executable keeps
+  (measured: a 16-branch group's compile left ~1 GB freed but resident, which malloc_trim
+  returned), so the trainer calls this after every meta-step that compiled a function."""
+  try:
+    import ctypes   # pylint: disable=import-outside-toplevel
+    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) is not None)
+  except (OSError, AttributeError):
+    return False
+
+
 def physical_memory_bytes() -> int | None:
   try:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -757,7 +769,10 @@ class Trainer:
         if self._should_save(last_save_time, last_save_step):
           self.save()
           last_save_time, last_save_step = time.time(), self.step
-        over = (self._over_budget() if self.estimator.num_compiled() != compiled
+        newly_compiled = self.estimator.num_compiled() != compiled
+        if newly_compiled:
+          release_free_memory()
+        over = (self._over_budget() if newly_compiled
                 and self.can_hand_over and self.step < o.max_steps else None)
         if over:
           log.info("this process holds %s, %d functions compiled: checkpointing at meta-step "
