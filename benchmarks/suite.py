@@ -182,8 +182,9 @@ BLOW_UP_GIVEBACK = 0.5
 
 def blow_up(losses: Sequence[float]) -> str | None:
   """Why a run counts as having blown up (see BLOW_UP_*), or None; non-finite points are left
-  to `divergence`."""
-  if not len(losses) or losses[0] is None or not math.isfinite(losses[0]):
+  to `divergence`, and a run whose initial loss is not positive has no halving to measure."""
+  if (not len(losses) or losses[0] is None or not math.isfinite(losses[0])
+      or losses[0] <= 0):
     return None
   initial, best, best_index = float(losses[0]), math.inf, 0
   for index, value in enumerate(losses):
@@ -193,7 +194,8 @@ def blow_up(losses: Sequence[float]) -> str | None:
       best, best_index = float(value), index
       continue
     progress = initial - best
-    if best <= BLOW_UP_PROGRESS * initial and value - best >= BLOW_UP_GIVEBACK * progress:
+    if (progress > 0 and best <= BLOW_UP_PROGRESS * initial
+        and value - best >= BLOW_UP_GIVEBACK * progress):
       return (f"loss {value:.4g} at point {index} after {best:.4g} at point {best_index} "
               f"(gave back {(value - best) / progress:.0%} of its progress from {initial:.4g})")
   return None

@@ -238,8 +238,8 @@ _COMPILED: dict[tuple, Callable] = {}
 # time and memory grow faster than linearly with the branches (16 small ones: 35 CPU-s; 24
 # composite ones: 160 CPU-s and 3.6 GB). The last, partly filled group of a size moves up
 # into the next size's groups, if that size is at most CARRY_UP_ROWS, instead of compiling on
-# its own: at those sizes the padded rows cost little. Networks (`Problem.compile_alone`) get a group of their
-# own: a group of network structures did not finish compiling.
+# its own: at those sizes the padded rows cost little. Networks (`Problem.compile_alone`) get
+# a group of their own: a group of network structures did not finish compiling.
 MIN_ROWS = 64
 MAX_BRANCHES = 16
 HEAVY_DATA = 50_000
@@ -551,8 +551,6 @@ class Unroller:
         carried = chunks.pop()
       for chunk in chunks + [[b] for b in heavy]:
         add([p for branch in chunk for p in branch])
-    if carried:
-      add([p for branch in carried for p in branch])
 
   def group_for(self, problem) -> _Group:
     if problem.name not in self._groups:

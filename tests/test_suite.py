@@ -83,6 +83,8 @@ def test_divergence(losses, diverged):
     ([0.7, 1e-6, 1e-4, 1e-6], False),              # a 100x jump at interpolation
     ([0.7, 0.01, 1.47, 0.02], True),               # a spike past the initial loss
     ([2.0, 1.0, NAN], False),                      # non-finite: a divergence, not a blow-up
+    ([0.0, 0.0, 0.0], False),                      # no progress to give back
+    ([-1.0, -2.0, -1.0], False),                   # not a loss that halves
     ([], False),
 ])
 def test_blow_up(losses, blew_up):
