@@ -292,7 +292,7 @@ def overall_summary(tasks: dict[str, dict], learned: Sequence[str]) -> dict:
       speedups.append(s["speedup"])
       if s["diverged"]:
         divergences.append(name)
-      elif blow_up(runs[label]["losses"]):
+      elif s["blew_up"]:
         blow_ups.append(name)
     out[label] = {"wins": wins, "tasks_compared": counted,
                   "iqm_normalised_loss": iqm(normalised), "iqm_speedup": iqm(speedups),

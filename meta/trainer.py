@@ -354,9 +354,10 @@ def release_free_memory() -> bool:
   returned), so the trainer calls this after every meta-step that compiled a function."""
   try:
     import ctypes   # pylint: disable=import-outside-toplevel
-    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) is not None)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
   except (OSError, AttributeError):
     return False
+  return True
 
 
 def physical_memory_bytes() -> int | None:

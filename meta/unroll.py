@@ -28,6 +28,7 @@ from learned_opt import hrnn
 from learned_opt.config import HRNNConfig
 from meta import objective
 from meta import profile
+from problems import base as problems_base
 
 
 class Carry(NamedTuple):
@@ -254,10 +255,9 @@ def padded_rows(num_params: int) -> int:
 def _shared_noise(problem) -> bool:
   """Whether the problem's gradient noise is the base class's (a level times N(0, 1) on every
   entry), so that the level can be a tensor (`Problem.gradients(noise_stdev=...)`)."""
-  from problems import base   # pylint: disable=import-outside-toplevel
   kind = type(problem)
-  return (kind.gradients is base.Problem.gradients
-          and kind.perturb_gradients is base.Problem.perturb_gradients)
+  return (kind.gradients is problems_base.Problem.gradients
+          and kind.perturb_gradients is problems_base.Problem.perturb_gradients)
 
 
 def _branch_key(problem) -> tuple:
@@ -265,8 +265,7 @@ def _branch_key(problem) -> tuple:
   noisy copies ("quadratic_d20", "quadratic_d20_noise0.5"), whose names differ only in the
   noise suffix and whose noise is the base class's. They share a branch of a group's switch,
   with the noise level as data."""
-  from problems import base   # pylint: disable=import-outside-toplevel
-  suffix = base.noise_suffix(problem.noise_stdev)
+  suffix = problems_base.noise_suffix(problem.noise_stdev)
   if not _shared_noise(problem) or (suffix and not problem.name.endswith(suffix)):
     return ("problem", problem.name)
   stem = problem.name[:len(problem.name) - len(suffix)]
@@ -337,14 +336,20 @@ class _Group:
     self.rows = padded_rows(max(p.num_params for p in self.problems))
     self.slots = max(len(p.param_shapes()) for p in self.problems) + 1
     self.specs = [_data_spec(p) for p in self.problems]
-    self.buffer_sizes = [max(1, max(spec.sizes[k] + int(k == 0 and self._noise_slot(p))
-                                    for p, spec in zip(self.problems, self.specs)))
+    self.buffer_sizes = [max(1, max(self._packed_sizes(p)[k] for p in self.problems))
                          for k in range(len(_DATA_DTYPES))]
     self.layouts = [hrnn.Layout(p.param_shapes()) for p in self.problems]
     self.key = (self.rows, tuple(p.name for p in self.problems))
 
   def _noise_slot(self, problem) -> bool:
     return self.noise_as_data[self.branch_of[problem.name]]
+
+  def _packed_sizes(self, problem) -> list[int]:
+    """Elements per dtype of the problem's packed data: its data, plus the noise level at the
+    end of the float32 part where its branch takes the level as data."""
+    sizes = list(self.specs[self.index[problem.name]].sizes)
+    sizes[0] += int(self._noise_slot(problem))
+    return sizes
 
   # --- per problem, outside the compiled function ----------------------------------------
 
@@ -375,8 +380,7 @@ class _Group:
     if self._noise_slot(problem):
       parts[0].append(tf.constant([problem.noise_stdev], tf.float32))
     buffers = []
-    for kind, dtype in enumerate(_DATA_DTYPES):
-      size = spec.sizes[kind] + int(kind == 0 and self._noise_slot(problem))
+    for kind, (dtype, size) in enumerate(zip(_DATA_DTYPES, self._packed_sizes(problem))):
       pad = tf.zeros([self.buffer_sizes[kind] - size], dtype)
       buffers.append(tf.concat(parts[kind] + [pad], axis=0))
     return buffers

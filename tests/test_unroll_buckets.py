@@ -206,7 +206,7 @@ def test_default_ensemble_compiles_into_a_few_functions():
     # A problem with much batched data never shares its function with another branch (its
     # minibatch activations would be stacked for every branch at every step).
     assert max(batched) <= unroll_lib.HEAVY_DATA or len(group.branches) == 1
-  # Every problem has a branch; a group pads a problem up only below CARRY_UP_ROWS.
+  # Every problem has a branch; a group pads a problem up only to at most CARRY_UP_ROWS rows.
   for problem in problems.default_problems():
     group = unroller.group_for(problem)
     assert problem.name in group.index
