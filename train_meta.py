@@ -179,6 +179,8 @@ flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
                      "Checkpoint interval in meta-steps (0: off).")
 flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept.")
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps, "Console progress interval.")
+flags.DEFINE_integer("summary_every_steps", _D.summary_every_steps,
+                     "TensorBoard scalars every this many meta-steps (history.csv has all).")
 flags.DEFINE_integer("max_memory_maps", _D.max_memory_maps, "Memory maps this process may hold "
                      "before it checkpoints and continues in a fresh one (XLA never frees a "
                      "compiled problem's ~800 maps; Linux caps them at vm.max_map_count). "

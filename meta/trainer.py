@@ -132,6 +132,9 @@ class Options:
   checkpoint_every_steps: int = 0
   keep_checkpoints: int = 3
   log_every_steps: int = 1
+  # TensorBoard scalars every this many meta-steps (history.csv keeps every meta-step): nine
+  # eager summary writes cost ~2-3 ms, a tenth of a small meta-step.
+  summary_every_steps: int = 10
   export: str = ""
   # XLA keeps every compiled executable for the life of the process, ~800 memory maps per
   # problem, and Linux caps a process at vm.max_map_count maps (65530 by default: about 80
@@ -165,6 +168,8 @@ class Options:
     need(self.config in config_lib.PRESETS,
          f"--config must be one of {sorted(config_lib.PRESETS)}, got {self.config!r}")
     need(self.max_steps >= 0, f"--max_steps must be >= 0, got {self.max_steps}")
+    need(self.summary_every_steps >= 1,
+         f"--summary_every_steps must be >= 1, got {self.summary_every_steps}")
     need(self.max_memory_maps >= 0,
          f"--max_memory_maps must be >= 0 (0: automatic), got {self.max_memory_maps}")
     need(self.max_memory_gb >= 0,
@@ -764,7 +769,8 @@ class Trainer:
           if self.chief:
             self._maybe_validate(info, writer)
             history.write(info)
-            self._summaries(writer, info)
+            if info["step"] % o.summary_every_steps == 0:
+              self._summaries(writer, info)
             if info["step"] % max(1, o.log_every_steps) == 0:
               log.info(_progress_line(info, self.estimator.num_compiled()))
         if self._should_save(last_save_time, last_save_step):

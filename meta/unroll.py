@@ -427,15 +427,18 @@ class _Group:
     return Carry([flat], state._replace(tensor_hidden=tensor_hidden, **rows),
                  carry.initial_loss)
 
-  def unpad_output(self, problem, out: UnrollOutput, carry: Carry) -> UnrollOutput:
+  def unpad_carry(self, problem, padded: Carry, initial_loss) -> Carry:
     layout = self.layouts[self.index[problem.name]]
     n, t = layout.total, layout.num_tensors
-    state = out.carry.state
+    state = padded.state
     rows = {f: getattr(state, f)[:n] if getattr(state, f).shape[0] else getattr(state, f)
             for f in hrnn.PER_PARAMETER_FIELDS}
     state = state._replace(tensor_hidden=state.tensor_hidden[:t], **rows)
-    params = layout.unflatten(out.carry.params[0][:n])
-    return out._replace(carry=Carry(params, state, carry.initial_loss))
+    params = layout.unflatten(padded.params[0][:n])
+    return Carry(params, state, initial_loss)
+
+  def unpad_output(self, problem, out: UnrollOutput, carry: Carry) -> UnrollOutput:
+    return out._replace(carry=self.unpad_carry(problem, out.carry, carry.initial_loss))
 
   # --- inside the compiled function ------------------------------------------------------
 
@@ -490,6 +493,31 @@ class _Group:
     # Minibatch problems' objective loss is computed inside their branch, so the loop never
     # needs a second switch for it (needs_full_loss=False); attention evaluates at theta.
     return _Target(gradients, full_loss, segments, False, _recompute(self.problems))
+
+
+class PaddedCarry:
+  """The carry a group's unroll returns, kept padded: the next unroll of the same problem in
+  the same group takes it as it is, and `params` / `state` unpad it only when something reads
+  them (a checkpoint, a state kept for the next trajectory). Between the partial unrolls of a
+  trajectory this skips the eager pad and unpad ops, ~3 ms of Python per meta-step."""
+
+  def __init__(self, group: _Group, problem, padded: Carry, initial_loss):
+    self.group, self.problem, self.padded = group, problem, padded
+    self.initial_loss = initial_loss
+    self._unpadded: Carry | None = None
+
+  def carry(self) -> Carry:
+    if self._unpadded is None:
+      self._unpadded = self.group.unpad_carry(self.problem, self.padded, self.initial_loss)
+    return self._unpadded
+
+  @property
+  def params(self) -> list:
+    return self.carry().params
+
+  @property
+  def state(self) -> hrnn.State:
+    return self.carry().state
 
 
 def group_unroll(group: _Group, meta, carry: Carry, inputs, num_steps, seed,
@@ -661,7 +689,12 @@ class Unroller:
 
   def _bucket_args(self, problem, carry, data):
     group, buffers, segments, index = self._bucket_inputs(problem, data)
-    return group, (group.pad_carry(problem, carry), buffers, segments, index)
+    if (isinstance(carry, PaddedCarry) and carry.group is group
+        and carry.problem.name == problem.name):
+      padded = carry.padded._replace(initial_loss=carry.initial_loss)
+    else:
+      padded = group.pad_carry(problem, carry)
+    return group, (padded, buffers, segments, index)
 
   def function_for(self, problem, compute_gradients: bool = True) -> Callable:
     """fn(meta, carry, data, num_steps, seed) -> UnrollOutput for `problem` (traceable)."""
@@ -687,7 +720,7 @@ class Unroller:
       args = (dict(meta),) + bucket + tail
     out = profile.call(fn, args, fresh)
     if self.compile_by == "bucket":
-      out = group.unpad_output(problem, out, carry)
+      out = out._replace(carry=PaddedCarry(group, problem, out.carry, carry.initial_loss))
     return out
 
   def full_loss(self, problem, params, data) -> tf.Tensor:

@@ -151,7 +151,12 @@ def test_short_meta_training_lowers_the_meta_loss(tmp_path):
   assert after < before - 1e-4, (before, after)
   history = checkpoints.read_history(tmp_path / "run")
   assert [int(r["step"]) for r in history] == list(range(1, 41))
-  assert len(list((tmp_path / "run" / "summaries").iterdir())) == 1
+  events = list((tmp_path / "run" / "summaries").iterdir())
+  assert len(events) == 1
+  # TensorBoard scalars every --summary_every_steps (10) meta-steps; history.csv has them all.
+  written = [event.step for event in tf.compat.v1.train.summary_iterator(str(events[0]))
+             if any(value.tag == "meta_loss" for value in event.summary.value)]
+  assert written == [10, 20, 30, 40]
   assert json.loads((tmp_path / "run" / "run_config.json").read_text())["config"] == \
       CONFIG.to_dict()
 
@@ -458,6 +463,7 @@ def test_checkpoint_from_before_cpu_time_resumes(tmp_path):
     ({"max_unroll_steps": 5}, "--max_unroll_steps"),
     ({"keep_checkpoints": 0}, "--keep_checkpoints"),
     ({"max_memory_gb": -1.0}, "--max_memory_gb"),
+    ({"summary_every_steps": 0}, "--summary_every_steps"),
     ({"tbptt_tasks": 0}, "--tbptt_tasks"),
     ({"tbptt_tasks": 2, "estimator": "pes"}, "--tbptt_tasks 2 needs"),
 ])

@@ -149,6 +149,38 @@ def test_recomputed_gradients_give_the_same_meta_gradient(monkeypatch):
     np.testing.assert_allclose(got.carry.params[0], want.carry.params[0], rtol=1e-6)
 
 
+def test_carry_stays_padded_between_unrolls_of_a_group(monkeypatch):
+  """The bucketed unroller returns a `PaddedCarry`: the next unroll of the same problem takes it
+  without padding again, and reading its params or state unpads it (what a checkpoint saves)."""
+  config = config_lib.stable()
+  pool = [problems.get(name) for name in NOISE_PAIRS[:2]]
+  unroller = unroll_lib.Unroller(config, max_steps=10, mode="function", compile_by="bucket",
+                                 problems=pool)
+  group = unroller.group_for(pool[0])
+  pads = []
+  original = group.pad_carry
+  monkeypatch.setattr(group, "pad_carry", lambda *a: pads.append(1) or original(*a))
+  meta = hrnn.MetaParams(config, seed=3).as_dict()
+  data = unroll_lib.data_tensors(pool[0].sample_data(1))
+  carry = unroll_lib.start_carry(pool[0], meta, config, data, 1, [1, 2], unroller=unroller)
+  first = unroller(pool[0], meta, carry, data, 5, [3, 4])
+  second = unroller(pool[0], meta, first.carry, data, 5, [5, 6])
+  assert isinstance(second.carry, unroll_lib.PaddedCarry) and len(pads) == 1
+  unpadded = group.unpad_carry(pool[0], second.carry.padded, carry.initial_loss)
+  assert [p.shape for p in second.carry.params] == [tuple(s) for s in pool[0].param_shapes()]
+  for got, want in zip(second.carry.params, unpadded.params):
+    np.testing.assert_array_equal(got, want)
+  for field in hrnn.State._fields:
+    np.testing.assert_array_equal(getattr(second.carry.state, field),
+                                  getattr(unpadded.state, field))
+  saved = unroll_lib.carry_to_numpy(second.carry)
+  assert saved["param/0"].shape == tuple(pool[0].param_shapes()[0])
+  # Another problem of the same group pads the carry it is given (its own rows).
+  other = unroll_lib.start_carry(pool[1], meta, config, data, 1, [1, 2], unroller=unroller)
+  unroller(pool[1], meta, other, data, 5, [3, 4])
+  assert len(pads) == 2
+
+
 def test_batch_meta_loss_changes_only_minibatched_problems():
   """--meta_loss batch: the step's minibatch loss replaces the full-data loss in the
   meta-objective of a minibatched problem; a full-batch problem's meta-loss is unchanged, and
