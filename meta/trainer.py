@@ -133,7 +133,7 @@ class Options:
   keep_checkpoints: int = 3
   log_every_steps: int = 1
   # TensorBoard scalars every this many meta-steps (history.csv keeps every meta-step): nine
-  # eager summary writes cost ~2-3 ms, a tenth of a small meta-step.
+  # eager summary writes per meta-step were part of the trainer's Python overhead.
   summary_every_steps: int = 10
   export: str = ""
   # XLA keeps every compiled executable for the life of the process, ~800 memory maps per
