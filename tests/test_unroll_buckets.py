@@ -272,3 +272,34 @@ def test_problem_outside_the_pool_gets_a_group_of_its_own():
 def test_bad_compile_by_is_refused():
   with pytest.raises(ValueError, match="compile_by"):
     unroll_lib.Unroller(config_lib.stable(), max_steps=8, compile_by="name")
+
+
+def test_compiled_unrolls_record_no_op_tracebacks():
+  """The ops of a compiled unroll (and its meta-gradient) are built without the Python stack
+  TF records per op (`unroll.no_op_tracebacks`: ~20 % of a compiled group's memory); ops built
+  outside it still record theirs, and the switch is put back after a trace that raises."""
+  config = config_lib.stable()
+  problem = problems.get("bowl_k1")
+  unroller = unroll_lib.Unroller(config, max_steps=4, mode="function", compile_by="bucket",
+                                 problems=[problem])
+  meta = hrnn.MetaParams(config, seed=3).as_dict()
+  data = unroll_lib.data_tensors(problem.sample_data(1))
+  carry = unroll_lib.start_carry(problem, meta, config, data, 1, [1, 2], unroller=unroller)
+  group, bucket = unroller.bucket_inputs(problem, data)
+  fn = unroller._compiled(problem, True)  # pylint: disable=protected-access
+  graph = fn.get_concrete_function(
+      dict(meta), group.pad_carry(problem, carry), *bucket, tf.constant(4),
+      tf.constant([3, 4])).graph
+  ops = graph.get_operations()
+  assert len(ops) > 100
+  with_trace = [op for op in ops if op.traceback]
+  # Only the function's own argument and output ops, made by tf.function around the body.
+  assert {op.type for op in with_trace} <= {"Placeholder", "Identity", "NoOp"}, with_trace[:5]
+
+  def failing(x):
+    raise ValueError("boom")
+  with pytest.raises(ValueError, match="boom"):
+    unroll_lib.compile_fn(failing, "function")(tf.constant(1.0))
+  outside = tf.Graph()
+  with outside.as_default():
+    assert tf.constant(1.0).op.traceback

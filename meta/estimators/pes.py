@@ -221,8 +221,7 @@ def task_function(problem, config, *, max_steps: int, num_particles: int, mode: 
     return (grad_sum, num_valid, result.losses, result.valid, result.carries, result.xi,
             result.aux)
 
-  if mode != "eager":
-    fn = tf.function(fn, jit_compile=mode == "xla", reduce_retracing=False)
+  fn = unroll_lib.compile_fn(fn, mode)
   _COMPILED[key] = fn
   return fn
 
