@@ -75,7 +75,11 @@ from pathlib import Path
 from absl import app
 from absl import flags
 
-from learned_opt import config as config_lib
+import meta
+
+meta.use_system_allocator()   # before TensorFlow is imported (meta/__init__.py says why)
+
+from learned_opt import config as config_lib  # pylint: disable=wrong-import-position
 from meta import checkpoints
 from meta import trainer as trainer_lib
 

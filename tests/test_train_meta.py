@@ -667,3 +667,47 @@ def test_bounded_run_warm_starts_from_lean_weights(tmp_path):
     weights_io.load_for(tmp_path / "b.npz", lean)
   with pytest.raises(ValueError, match="another config"):
     weights_io.load_for(src, config_lib.stable())
+
+
+_KEPT_SCRIPT = """
+import ctypes, gc, sys
+sys.path.insert(0, {repo!r})
+import train_meta   # sets the allocator before it imports TensorFlow
+import tensorflow as tf
+
+def rss_mb():
+  for line in open("/proc/self/status"):
+    if line.startswith("VmRSS"):
+      return int(line.split()[1]) / 1024
+
+def released():
+  gc.collect()
+  ctypes.CDLL("libc.so.6").malloc_trim(0)
+  return rss_mb()
+
+f = tf.function(lambda n: tf.reduce_sum(tf.sin(tf.range(n, dtype=tf.float32)) ** 2),
+                jit_compile=True)
+float(f(tf.constant(1000)))
+before = released()
+float(f(tf.constant(100_000_000)))   # a ~400 MB temporary inside the compiled call
+print("KEPT_MB", released() - before)
+"""
+
+
+@pytest.mark.parametrize("setting, kept_at_most, kept_at_least", [(None, 100, 0),
+                                                                  ("0", None, 200)])
+def test_train_meta_returns_compiled_temporaries_to_the_os(setting, kept_at_most, kept_at_least):
+  """train_meta.py selects the system allocator before TensorFlow starts, so a compiled call's
+  large temporaries leave the process after the call; with oneDNN's pool (the setting "0", TF's
+  default) the same call keeps them, which is what the setting is for."""
+  import meta
+  env = dict(os.environ)
+  env.pop(meta.SYSTEM_ALLOCATOR_ENV, None)
+  if setting is not None:
+    env[meta.SYSTEM_ALLOCATOR_ENV] = setting
+  done = subprocess.run([sys.executable, "-c", _KEPT_SCRIPT.format(repo=str(REPO))], env=env,
+                        capture_output=True, text=True, timeout=300, check=True)
+  kept = float(done.stdout.split("KEPT_MB")[1])
+  if kept_at_most is not None:
+    assert kept < kept_at_most, done.stdout
+  assert kept >= kept_at_least, done.stdout
