@@ -14,7 +14,10 @@ arguments, never captured constants). The loop also stops early when the loss st
 finite (the reference's finite check), which ends that trajectory.
 
 Second derivatives (reference `use_second_derivatives`, on by default) flow through the
-problem gradients; `second_derivatives=False` applies `tf.stop_gradient` to them.
+problem gradients; `second_derivatives=False` applies `tf.stop_gradient` to them. The
+backward pass recomputes each step's problem gradient from the step's parameters instead of
+keeping its intermediates (`_recomputed`), except for networks: the same meta-gradient, less
+to keep per step.
 """
 
 from __future__ import annotations
@@ -156,6 +159,17 @@ class _Target(NamedTuple):
   full_loss: Callable   # flat params -> full-data loss
   segments: hrnn.Segments
   needs_full_loss: bool # the meta-objective's f is the full loss (minibatch problems)
+  recompute: bool       # the meta-gradient recomputes the gradients (`_recomputed`)
+
+
+def _recompute(problems) -> bool:
+  """Whether the meta-gradient recomputes these problems' gradients instead of keeping their
+  intermediates: yes, except for networks (`Problem.compile_alone`). Measured (CPU per 64-step
+  unroll with meta-gradient, one core, identical meta-gradients): a group of 16 small
+  problems 37 -> 25 ms, `logreg_f100_sep1_b50` alone 56 -> 40 ms, at the same compile time;
+  a GRU network 3.25 -> 3.54 s and its compile 62 -> 387 CPU-s (the Hessian-vector product
+  through its own sequence loop), so networks keep their intermediates."""
+  return not any(getattr(p, "compile_alone", False) for p in problems)
 
 
 def _problem_target(problem, data, meta_loss: str = "full") -> _Target:
@@ -168,7 +182,7 @@ def _problem_target(problem, data, meta_loss: str = "full") -> _Target:
 
   return _Target(gradients, lambda flat: problem.full_loss(layout.unflatten(flat), data),
                  hrnn.Segments.from_layout(layout),
-                 problem.batch_size is not None and meta_loss == "full")
+                 problem.batch_size is not None and meta_loss == "full", _recompute([problem]))
 
 
 def unroll(problem, meta: Mapping[str, tf.Tensor], carry: Carry, data, num_steps, seed,
@@ -234,9 +248,12 @@ def _unroll_flat(target: _Target, meta, params, state, initial_loss, num_steps, 
     def cond(i, flat, state, total):
       return tf.logical_and(i < num_steps, tf.math.is_finite(total))
 
+    gradients = target.gradients
+    if compute_gradients and target.recompute:
+      gradients = _recomputed(gradients)
+
     def body(i, flat, state, total):
-      minibatch_loss, grad = target.gradients(
-          flat, tf.random.experimental.stateless_fold_in(seed, i))
+      minibatch_loss, grad = gradients(flat, tf.random.experimental.stateless_fold_in(seed, i))
       if not second_derivatives:
         grad = tf.stop_gradient(grad)
       # Full-batch problems: the minibatch loss *is* the full loss at these parameters (noise
@@ -283,25 +300,49 @@ def _unroll_flat(target: _Target, meta, params, state, initial_loss, num_steps, 
       log_lr_min=low, log_lr_max=high)
 
 
+def _recomputed(gradients: Callable) -> Callable:
+  """`gradients(flat, step_seed)` whose backward pass recomputes it from its inputs.
+
+  Without this, the gradient of the inner loop keeps every intermediate of the problem's
+  gradient computation at every step - for a group's switch, every branch's intermediates,
+  zeros for the branches not taken - as one stacked accumulator each. Recomputed, the loop keeps
+  only the flat parameters and the step seed, and the backward pass of a step evaluates the
+  problem's gradient once more (a Hessian-vector product through it): the same values.
+  """
+  @tf.custom_gradient
+  def fn(flat, step_seed):
+    loss, grad = gradients(flat, step_seed)
+
+    def backward(d_loss, d_grad):
+      with tf.GradientTape() as tape:
+        tape.watch(flat)
+        loss_again, grad_again = gradients(flat, step_seed)
+      d_loss = tf.zeros_like(loss_again) if d_loss is None else d_loss
+      d_grad = tf.zeros_like(grad_again) if d_grad is None else d_grad
+      d_flat = tape.gradient([loss_again, grad_again], flat, output_gradients=[d_loss, d_grad],
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      return d_flat, None
+    return (loss, grad), backward
+  return fn
+
+
 _COMPILED: dict[tuple, Callable] = {}
 
 # Size buckets: a problem of N parameters runs padded to max(MIN_ROWS, next power of 2 >= N)
 # rows, in a group of at most MAX_BRANCHES branches (one compiled function per group). A
-# problem and its noisy copies share one branch (`_branch_key`). Two measured limits shape the
-# groups. The gradient of a switch inside the loop stacks every branch's intermediates at every
-# step (zeros for the branches not taken): a minibatched problem with more than HEAVY_DATA
-# elements of batched data (its minibatch and full-data activations are such intermediates)
-# gets a group of its own (6 of them in one function ran 10x slower per step than alone);
-# full-batch data is unpacked outside the loop (`_Group.target`) and costs the others nothing
-# (quadratic_d784 beside quadratic_d1024: the same time per step as alone). And XLA's compile
-# time and memory grow faster than linearly with the branches (16 small ones: 35 CPU-s; 24
-# composite ones: 160 CPU-s and 3.6 GB). The last, partly filled group of a size moves up
-# into the next size's groups, if that size is at most CARRY_UP_ROWS, instead of compiling on
-# its own: at those sizes the padded rows cost little. Networks (`Problem.compile_alone`) get
-# a group of their own: a group of network structures did not finish compiling.
+# problem and its noisy copies share one branch (`_branch_key`). Measured limits shape the
+# groups. XLA's compile time and memory grow faster than linearly with the branches (16 small
+# ones: 35 CPU-s; 24 composite ones: 160 CPU-s and 3.6 GB). The last, partly filled group of a
+# size moves up into the next size's groups, if that size is at most CARRY_UP_ROWS, instead of
+# compiling on its own: at those sizes the padded rows cost little. Data cost the other
+# branches nothing: it is unpacked outside the loop (`_Group.target`), and the meta-gradient
+# recomputes a step's problem gradient (`_recomputed`) instead of stacking every branch's
+# intermediates at every step (before that, minibatched problems with much batched data had
+# to compile alone: 6 of them in one function ran 10x slower per step; now the same 6 in one
+# group run no slower than alone). Networks (`Problem.compile_alone`) get a group of their
+# own: a group of network structures did not finish compiling.
 MIN_ROWS = 64
 MAX_BRANCHES = 16
-HEAVY_DATA = 50_000
 CARRY_UP_ROWS = 512
 _DATA_DTYPES = (np.float32, np.int32)
 
@@ -330,15 +371,6 @@ def _branch_key(problem) -> tuple:
   return ("noise", type(problem).__module__, type(problem).__qualname__, stem,
           tuple(tuple(s) for s in problem.param_shapes()), problem.batch_size,
           _data_spec(problem).entries)
-
-
-def _batched_size(problem) -> int:
-  """Elements of the problem's batched data (0 for full-batch problems)."""
-  if problem.batch_size is None:
-    return 0
-  keys = set(getattr(problem, "batched_keys", ()))
-  return sum(int(np.prod(shape, dtype=np.int64))
-             for key, shape, _, _ in _data_spec(problem).entries if key in keys)
 
 
 class _DataSpec(NamedTuple):
@@ -518,7 +550,7 @@ class _Group:
     segments = hrnn.Segments.padded(**segments_arrays)
     # Minibatch problems' objective loss is computed inside their branch, so the loop never
     # needs a second switch for it (needs_full_loss=False); attention evaluates at theta.
-    return _Target(gradients, full_loss, segments, False)
+    return _Target(gradients, full_loss, segments, False, _recompute(self.problems))
 
 
 class PaddedCarry:
@@ -620,7 +652,7 @@ class Unroller:
       by_rows.setdefault(padded_rows(problem.num_params), []).append(problem)
 
     def alone(p):
-      return getattr(p, "compile_alone", False) or _batched_size(p) > HEAVY_DATA
+      return getattr(p, "compile_alone", False)
 
     def branches(members):   # problems by branch, in order
       out: dict[tuple, list] = {}
