@@ -75,11 +75,7 @@ from pathlib import Path
 from absl import app
 from absl import flags
 
-import meta
-
-meta.use_system_allocator()   # before TensorFlow is imported (meta/__init__.py says why)
-
-from learned_opt import config as config_lib  # pylint: disable=wrong-import-position
+from learned_opt import config as config_lib
 from meta import checkpoints
 from meta import trainer as trainer_lib
 

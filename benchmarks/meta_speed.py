@@ -30,10 +30,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import meta  # pylint: disable=wrong-import-position
-
-meta.use_system_allocator()   # as train_meta.py does, before TensorFlow is imported
-
 from absl import app
 from absl import flags
 
