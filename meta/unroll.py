@@ -332,17 +332,21 @@ _COMPILED: dict[tuple, Callable] = {}
 # rows, in a group of at most MAX_BRANCHES branches (one compiled function per group). A
 # problem and its noisy copies share one branch (`_branch_key`). Measured limits shape the
 # groups. XLA's compile time and memory grow faster than linearly with the branches (16 small
-# ones: 35 CPU-s; 24 composite ones: 160 CPU-s and 3.6 GB). The last, partly filled group of a
-# size moves up into the next size's groups, if that size is at most CARRY_UP_ROWS, instead of
-# compiling on its own: at those sizes the padded rows cost little. Data cost the other
-# branches nothing: it is unpacked outside the loop (`_Group.target`), and the meta-gradient
-# recomputes a step's problem gradient (`_recomputed`) instead of stacking every branch's
-# intermediates at every step (before that, minibatched problems with much batched data had
-# to compile alone: 6 of them in one function ran 10x slower per step; now the same 6 in one
-# group run no slower than alone). Networks (`Problem.compile_alone`) get a group of their
-# own: a group of network structures did not finish compiling.
+# ones: 35 CPU-s; 24 composite ones: 160 CPU-s and 3.6 GB). On the default set, all groups
+# compiled in one process (one core each, side by side, system allocator): at most 16
+# branches, 8 groups, 470 CPU-s, 4.0 GB peak (the 16-branch group of composites alone
+# 174 CPU-s and +1.2 GB while compiling); at most 8, 13 groups, 416 CPU-s, 3.3 GB peak and
+# 0.26 GB less kept afterwards. The last, partly filled group of a size moves up into the next
+# size's groups, if that size is at most CARRY_UP_ROWS, instead of compiling on its own: at
+# those sizes the padded rows cost little. Data cost the other branches nothing: it is
+# unpacked outside the loop (`_Group.target`), and the meta-gradient recomputes a step's
+# problem gradient (`_recomputed`) instead of stacking every branch's intermediates at every
+# step (before that, minibatched problems with much batched data had to compile alone: 6 of
+# them in one function ran 10x slower per step; now the same 6 in one group run no slower
+# than alone). Networks (`Problem.compile_alone`) get a group of their own: a group of network
+# structures did not finish compiling.
 MIN_ROWS = 64
-MAX_BRANCHES = 16
+MAX_BRANCHES = 8
 CARRY_UP_ROWS = 512
 _DATA_DTYPES = (np.float32, np.int32)
 

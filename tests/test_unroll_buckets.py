@@ -254,10 +254,10 @@ def test_padding_never_reaches_the_statistics(config_name):
 
 
 def test_default_ensemble_compiles_into_a_few_functions():
-  """The 109 problems share 8 compiled unrolls (issue 12: <= 16)."""
+  """The 109 problems share 13 compiled unrolls (issue 12: <= 16)."""
   unroller = unroll_lib.Unroller(config_lib.stable(), max_steps=8, compile_by="bucket",
                                  problems=problems.default_problems())
-  assert unroller.num_groups() <= 8
+  assert unroller.num_groups() <= 13
   groups = {id(unroller.group_for(p)): unroller.group_for(p) for p in problems.default_problems()}
   assert len(groups) == unroller.num_groups()
   for group in groups.values():
