@@ -20,6 +20,8 @@ one compile into TF->HLO lowering, HLO optimisation and code generation for --sp
 Writes benchmarks/results/meta_speed/breakdown_<tag>.{json,md}.
 
   python -m benchmarks.meta_speed --breakdown --seconds 600 --tag before
+  python -m benchmarks.meta_speed --breakdown --seconds 1200 --split_problems "" \
+      --revisions df25de6,HEAD --side_by_side --tag ab     # two commits, one core each
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ def define_flags():
   flags.DEFINE_string("split_problems", "bowl_k1,quadratic_d784,sum_quadratics7",
                       "--breakdown: problems whose first compile is split into stages.")
   flags.DEFINE_string("tag", "", "--breakdown: name of the results files.")
+  flags.DEFINE_string("revisions", "", "--breakdown: comma-separated git revisions to compare "
+                      "(each runs from a temporary checkout of that commit; empty: this tree).")
+  flags.DEFINE_bool("side_by_side", False, "--breakdown: run the variants at the same time, "
+                    "each pinned to its own core (compare timings only within one machine).")
   flags.DEFINE_string("child", "", "Internal: run one breakdown variant and print JSON.")
   flags.DEFINE_string("estimator_problems", "quadratic_d25,logreg_f100_sep1_b50",
                       "Problems of the PES vs TBPTT cost table ('' skips it).")
@@ -311,39 +317,51 @@ def _compile_split(names, compile_by: str, pool_spec: str) -> list:
 
 def _breakdown() -> None:
   import json
-  import subprocess
-
+  import shutil
   import tempfile
 
   variants = [v.strip() for v in FLAGS.compile_by.split(",")] if FLAGS.compile_by else [""]
+  revisions = [r.strip() for r in FLAGS.revisions.split(",") if r.strip()] or [""]
+  if len(variants) > 1 and len(revisions) > 1:
+    raise app.UsageError("--compile_by and --revisions: give several of one of them, not both")
+  if FLAGS.side_by_side and any(v.endswith("+cache") for v in variants):
+    raise app.UsageError("--side_by_side with '+cache' variants: a warm cache needs the cold "
+                         "run to finish first")
   split = [p.strip() for p in FLAGS.split_problems.split(",") if p.strip()]
-  results = []
   cache_dir = tempfile.mkdtemp(prefix="xla_cache_")
+  trees = tempfile.mkdtemp(prefix="breakdown_trees_")
+  runs = []
   cache_runs = 0
-  for variant in variants:
-    # "<compile_by>+cache": XLA's persistent compilation cache in a directory shared by the
-    # variants of this invocation: the first such run fills it (cold), later ones read it.
-    compile_by, _, cache = variant.partition("+")
-    env = dict(os.environ)
-    label = compile_by or "default"
-    if cache == "cache":
-      env["TF_XLA_FLAGS"] = (env.get("TF_XLA_FLAGS", "") +
-                             f" --tf_xla_persistent_cache_directory={cache_dir}").strip()
-      label += " + XLA cache " + ("(cold)" if cache_runs == 0 else "(warm)")
-      cache_runs += 1
-    spec = json.dumps({"compile_by": compile_by, "problems": FLAGS.train_problems,
-                       "seconds": FLAGS.seconds, "split": split})
-    print(f"running {label} for {FLAGS.seconds:.0f} s in a fresh process", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.meta_speed", "--child", spec],
-                          capture_output=True, text=True, cwd=_ROOT, check=False, env=env)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("BREAKDOWN_JSON ")]
-    if proc.returncode or not lines:
-      sys.stderr.write(proc.stderr[-5000:])
-      raise SystemExit(f"variant {variant!r} failed (exit {proc.returncode})")
-    result = json.loads(lines[-1][len("BREAKDOWN_JSON "):])
-    result["compile_by"] = label
-    results.append(result)
+  try:
+    for revision in revisions:
+      cwd, commit = (_ROOT, None) if not revision else _worktree(revision, trees)
+      for variant in variants:
+        # "<compile_by>+cache": XLA's persistent compilation cache in a directory shared by the
+        # variants of this invocation: the first such run fills it (cold), later ones read it.
+        compile_by, _, cache = variant.partition("+")
+        env = dict(os.environ)
+        label = compile_by or "default"
+        if cache == "cache":
+          env["TF_XLA_FLAGS"] = (env.get("TF_XLA_FLAGS", "") +
+                                 f" --tf_xla_persistent_cache_directory={cache_dir}").strip()
+          label += " + XLA cache " + ("(cold)" if cache_runs == 0 else "(warm)")
+          cache_runs += 1
+        if commit:
+          label = f"{revision} ({commit[:7]})" + ("" if label == "default" else f" {label}")
+        spec = json.dumps({"compile_by": compile_by, "problems": FLAGS.train_problems,
+                           "seconds": FLAGS.seconds, "split": split})
+        runs.append({"label": label, "cwd": cwd, "env": env, "commit": commit,
+                     "cmd": [sys.executable, "-m", "benchmarks.meta_speed", "--child", spec]})
+    results = _run_children(runs, FLAGS.side_by_side)
+  finally:
+    shutil.rmtree(trees, ignore_errors=True)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    if revisions != [""]:
+      _git(["worktree", "prune"], check=False)   # forget the checkouts just removed
   text = _breakdown_table(results)
+  if FLAGS.side_by_side:
+    text += ("\n\nThe variants ran side by side, each pinned to its own core "
+             f"({len(results)} of {os.cpu_count()}).")
   print(text)
   out_dir = os.path.join(_ROOT, "benchmarks", "results", "meta_speed")
   os.makedirs(out_dir, exist_ok=True)
@@ -352,6 +370,66 @@ def _breakdown() -> None:
     json.dump(results, f, indent=1)
   with open(os.path.join(out_dir, f"breakdown_{tag}.md"), "w") as f:
     f.write(text + "\n")
+
+
+def _git(args: list[str], check: bool = True) -> str:
+  import subprocess
+  proc = subprocess.run(["git", "-C", _ROOT] + args, capture_output=True, text=True,
+                        check=False)
+  if proc.returncode and check:
+    raise app.UsageError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+  return proc.stdout.strip()
+
+
+def _worktree(revision: str, parent: str) -> tuple[str, str]:
+  """A detached checkout of `revision` (--revisions) under `parent`: (its path, its commit)."""
+  import subprocess
+  proc = subprocess.run(["git", "-C", _ROOT, "rev-parse", "--verify", "--quiet",
+                         f"{revision}^{{commit}}"], capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise app.UsageError(f"--revisions: {revision!r} is not a commit of {_ROOT}")
+  commit = proc.stdout.strip()
+  path = os.path.join(parent, commit[:12])
+  if not os.path.exists(path):
+    _git(["worktree", "add", "--detach", path, commit])
+  return path, commit
+
+
+def _run_children(runs: list[dict], side_by_side: bool) -> list[dict]:
+  """Runs each child command (a dict: label, cmd, cwd, env, commit) and returns its parsed
+  BREAKDOWN_JSON line, labelled. One after another; or all at once, child i pinned to core i,
+  so that they share the machine's state (load, thermal, memory bandwidth) alike."""
+  import json
+  import subprocess
+
+  cores = sorted(os.sched_getaffinity(0))
+  if side_by_side and len(runs) > len(cores):
+    raise app.UsageError(f"--side_by_side: {len(runs)} variants but {len(cores)} cores: "
+                         "each variant needs a core of its own")
+
+  def start(i, run):
+    pin = (lambda core=cores[i]: os.sched_setaffinity(0, {core})) if side_by_side else None
+    print(f"running {run['label']} in a fresh process"
+          + (f" on core {cores[i]}" if side_by_side else ""), flush=True)
+    return subprocess.Popen(run["cmd"], cwd=run["cwd"], env=run["env"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pin)
+
+  def finish(run, proc):
+    out, err = proc.communicate()
+    lines = [l for l in out.splitlines() if l.startswith("BREAKDOWN_JSON ")]
+    if proc.returncode or not lines:
+      sys.stderr.write(err[-5000:])
+      raise SystemExit(f"variant {run['label']!r} failed (exit {proc.returncode})")
+    result = json.loads(lines[-1][len("BREAKDOWN_JSON "):])
+    result["compile_by"] = run["label"]
+    if run.get("commit"):
+      result["revision"] = run["commit"]
+    return result
+
+  if side_by_side:
+    procs = [start(i, run) for i, run in enumerate(runs)]
+    return [finish(run, proc) for run, proc in zip(runs, procs)]
+  return [finish(run, start(i, run)) for i, run in enumerate(runs)]
 
 
 def _breakdown_table(results) -> str:
