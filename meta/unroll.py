@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import threading
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -99,45 +100,53 @@ def _compiled_full_loss(problem):
   return _FULL_LOSS_CACHE[problem.name]
 
 
-def _op_tracebacks_switch():
-  """TF's private op constructor if it takes `extract_traceback` (TF 2.x), else None."""
+_QUIET = threading.local()   # .depth > 0: this thread is inside no_op_tracebacks()
+_QUIET_INSTALLED: list = []  # [True] once TF's op constructor is wrapped
+
+
+def _install_quiet_switch() -> bool:
+  """Wraps TF's private op constructor, once, so that it skips the stack trace while the calling
+  thread is inside `no_op_tracebacks`; False (nothing done) where the constructor lacks the
+  `extract_traceback` argument."""
+  if _QUIET_INSTALLED:
+    return True
   from tensorflow.python.framework import ops  # pylint: disable=import-outside-toplevel
   create = getattr(ops, "_create_c_op", None)
   try:
-    if create is not None and "extract_traceback" in inspect.signature(create).parameters:
-      return ops
+    if create is None or "extract_traceback" not in inspect.signature(create).parameters:
+      return False
   except (TypeError, ValueError):
-    pass
-  return None
+    return False
+
+  @functools.wraps(create)
+  def create_c_op(*args, **kwargs):
+    if getattr(_QUIET, "depth", 0):
+      kwargs["extract_traceback"] = False
+    return create(*args, **kwargs)
+  ops._create_c_op = create_c_op  # pylint: disable=protected-access
+  _QUIET_INSTALLED.append(True)
+  return True
 
 
 @contextlib.contextmanager
 def no_op_tracebacks():
-  """Ops created inside do not record the Python stack that created them.
+  """Ops this thread creates inside do not record the Python stack that created them.
 
   TensorFlow keeps, for every traced op, the Python stack at its creation (for "defined at"
-  lines in graph-execution errors). In a compiled unroll's graph - tens of thousands of ops,
-  with the meta-gradient's - those traces are ~20 % of what the process keeps for the life of
-  the function: measured on the default problem set, compiling all 16 groups, 5.6 GB with
-  them and 4.5 GB without, and ~7 % less CPU time to compile. Errors raised while tracing
-  keep their Python tracebacks; only a runtime error inside the compiled function loses the
-  "defined at" lines. A no-op where TF's private op constructor has another signature.
+  lines in graph-execution errors). A compiled unroll's graph has tens of thousands of ops with
+  its meta-gradient, and those traces were ~20 % of what the process keeps for the life of
+  the functions: the default problem set's 16 groups (eighth session's code), all compiled,
+  held 5.6 GB with them and 4.5 GB without, and compiled in ~7 % less CPU time. Errors raised
+  while tracing keep their Python tracebacks; only a runtime error inside the compiled
+  function loses the "defined at" lines. Other threads, and ops outside, are untouched;
+  nesting is fine. A no-op where TF's private op constructor has another signature.
   """
-  ops = _op_tracebacks_switch()
-  if ops is None:
-    yield
-    return
-  create = ops._create_c_op  # pylint: disable=protected-access
-
-  @functools.wraps(create)
-  def without_traceback(*args, **kwargs):
-    kwargs["extract_traceback"] = False
-    return create(*args, **kwargs)
-  ops._create_c_op = without_traceback  # pylint: disable=protected-access
+  _install_quiet_switch()
+  _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
   try:
     yield
   finally:
-    ops._create_c_op = create  # pylint: disable=protected-access
+    _QUIET.depth -= 1
 
 
 def compile_fn(fn: Callable, mode: str) -> Callable:

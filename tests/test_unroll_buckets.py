@@ -9,6 +9,8 @@ reaches the optimizer's per-tensor or problem-wide statistics.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -331,3 +333,17 @@ def test_compiled_unrolls_record_no_op_tracebacks():
   outside = tf.Graph()
   with outside.as_default():
     assert tf.constant(1.0).op.traceback
+    with unroll_lib.no_op_tracebacks():
+      with unroll_lib.no_op_tracebacks():   # nested
+        assert tf.constant(2.0).op.traceback is None
+      assert tf.constant(3.0).op.traceback is None
+      # Another thread, tracing at the same time, keeps its tracebacks.
+      seen = []
+      def other():
+        with outside.as_default():
+          seen.append(tf.constant(4.0).op.traceback)
+      thread = threading.Thread(target=other)
+      thread.start()
+      thread.join()
+      assert seen and seen[0]
+    assert tf.constant(5.0).op.traceback
