@@ -383,12 +383,10 @@ def _git(args: list[str], check: bool = True) -> str:
 
 def _worktree(revision: str, parent: str) -> tuple[str, str]:
   """A detached checkout of `revision` (--revisions) under `parent`: (its path, its commit)."""
-  import subprocess
-  proc = subprocess.run(["git", "-C", _ROOT, "rev-parse", "--verify", "--quiet",
-                         f"{revision}^{{commit}}"], capture_output=True, text=True, check=False)
-  if proc.returncode:
-    raise app.UsageError(f"--revisions: {revision!r} is not a commit of {_ROOT}")
-  commit = proc.stdout.strip()
+  try:
+    commit = _git(["rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"])
+  except app.UsageError:
+    raise app.UsageError(f"--revisions: {revision!r} is not a commit of {_ROOT}") from None
   path = os.path.join(parent, commit[:12])
   if not os.path.exists(path):
     _git(["worktree", "add", "--detach", path, commit])
