@@ -169,6 +169,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     raise NotImplementedError(
         "LearnedOptimizer updates all variables jointly in _backend_update_step")
 
+  @tf.autograph.experimental.do_not_convert
   def _backend_update_step(self, grads, trainable_variables, learning_rate):
     trainable_variables = [
         v.value if isinstance(v, keras_backend.Variable) else v for v in trainable_variables]
@@ -227,7 +228,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                  for u, p in zip(out.updates, present) if p]
       return updates, new_state, finite
 
-    fn = tf.function(joint_step, jit_compile=True) if self._jit_step else joint_step
+    # autograph=False (and do_not_convert on _backend_update_step): the step has no Python
+    # control flow on tensors, and autograph's source conversion of hrnn was ~1.5 CPU-s of a
+    # small model's first epoch.
+    fn = (tf.function(joint_step, jit_compile=True, autograph=False) if self._jit_step
+          else joint_step)
     self._step_fns[present] = fn
     return fn
 

@@ -107,7 +107,7 @@ def analyse(meta, cfg: hrnn.HRNNConfig, problem: NoisyQuadratic, learning_rate: 
   rng = np.random.default_rng(seed)
   theta0 = tf.constant(rng.standard_normal(dim), tf.float32)
 
-  @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+  @tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
   def run(theta, state, xis):
     def body(i, theta, state, worst, top):
       grad = problem.gradient(theta, xis[i])

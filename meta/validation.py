@@ -246,7 +246,7 @@ def adam_final_loss(problem: base.Problem, data, steps: int) -> float:
   seed = tf.constant(STEP_SEED, tf.int32)
   beta1, beta2 = ADAM_BETAS
 
-  @tf.function(jit_compile=True)
+  @tf.function(jit_compile=True, autograph=False)
   def train(params, data):
     def body(i, params, m, v):
       _, grads = problem.gradients(params, data,
