@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 
 import keras
@@ -102,6 +103,27 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
   def build(self, variables):
     if self.built:
       return
+    if tf.inside_function() and not tf.distribute.has_strategy():
+      # Keras builds the optimizer inside the first trace of its train function. Variables
+      # created there go through tf.function's variable creator: the function is traced a
+      # second time and their initial values are lifted out of the graph. A helper thread has
+      # its own (empty) graph and creator stacks, so it creates them eagerly instead.
+      errors = []
+      def build_eagerly():
+        try:
+          self._build(variables)
+        except BaseException as e:   # pylint: disable=broad-except
+          errors.append(e)
+      thread = threading.Thread(target=build_eagerly, name="LearnedOptimizer.build")
+      thread.start()
+      thread.join()
+      if errors:
+        raise errors[0]
+      return
+    with tf.init_scope():
+      self._build(variables)
+
+  def _build(self, variables):
     super().build(variables)
     for v in variables:
       if keras_backend.standardize_dtype(v.dtype) not in _SUPPORTED_DTYPES:

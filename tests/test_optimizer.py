@@ -140,6 +140,26 @@ def test_model_fit_reduces_loss(jit_compile):
   assert model.optimizer.skipped_steps == 0
 
 
+def test_model_fit_traces_the_update_once(monkeypatch):
+  """Keras builds the optimizer inside the first trace of its train function (no distribution
+  strategy). The optimizer creates its variables eagerly (in a helper thread), so tf.function
+  does not trace the train function a second time, and the step is traced without autograph;
+  both were a large part of a small model's first epoch."""
+  from learned_opt import optimizer as optimizer_lib
+  calls = []
+  joint_step = optimizer_lib.LearnedOptimizer._joint_step
+  monkeypatch.setattr(optimizer_lib.LearnedOptimizer, "_joint_step",
+                      lambda self, *args: calls.append(1) or joint_step(self, *args))
+  x, y = digits_data(128)
+  model = digits_model()
+  optimizer = learned_opt.LearnedOptimizer()
+  model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+  assert len(calls) == 1
+  step_fn = next(iter(optimizer._step_fns.values()))
+  assert step_fn._autograph is False   # pylint: disable=protected-access
+
+
 def test_non_finite_gradients_skip_the_step():
   init, loss = quadratic_problem()
   opt = learned_opt.LearnedOptimizer(learning_rate=1e-2, weights=None)
