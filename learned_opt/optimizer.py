@@ -21,6 +21,7 @@ one full-size intermediate per op, and which XLA fuses. Inside a model compiled 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -107,11 +108,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
       # Keras builds the optimizer inside the first trace of its train function. Variables
       # created there go through tf.function's variable creator: the function is traced a
       # second time and their initial values are lifted out of the graph. A helper thread has
-      # its own (empty) graph and creator stacks, so it creates them eagerly instead.
+      # its own (empty) graph and creator stacks, so it creates them eagerly instead, on the
+      # device of the model's first variable (the caller's device scope stays in its thread).
       errors = []
+      device = _device_of(variables[0]) if variables else ""
       def build_eagerly():
         try:
-          self._build(variables)
+          with tf.device(device) if device else contextlib.nullcontext():
+            self._build(variables)
         except BaseException as e:   # pylint: disable=broad-except
           errors.append(e)
       thread = threading.Thread(target=build_eagerly, name="LearnedOptimizer.build")
@@ -322,6 +326,15 @@ def _initial_lr_value(learning_rate) -> float:
     raise ValueError(f"LearnedOptimizer: learning_rate must be a positive finite number, "
                      f"got {value}")
   return value
+
+
+def _device_of(variable) -> str:
+  """The device a (Keras or TF) variable lives on, or "" where it has none."""
+  value = getattr(variable, "value", variable)
+  try:
+    return value.device or ""
+  except (AttributeError, RuntimeError, ValueError):
+    return ""
 
 
 def _name_of(variable) -> str:

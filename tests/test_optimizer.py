@@ -160,6 +160,30 @@ def test_model_fit_traces_the_update_once(monkeypatch):
   assert step_fn._autograph is False   # pylint: disable=protected-access
 
 
+def test_state_follows_the_model_device_when_built_inside_the_trace():
+  """The eager build runs in a helper thread, which does not see the caller's device scope: the
+  state goes to the model's device (second logical CPU; a fresh process configures it)."""
+  script = textwrap.dedent("""
+    import numpy as np, tensorflow as tf, keras
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import learned_opt
+    with tf.device("/cpu:1"):
+      model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+      model.compile(learned_opt.LearnedOptimizer(weights=None), "mse")
+      model.fit(np.ones((64, 8), "float32"), np.zeros((64, 4), "float32"), batch_size=32,
+                verbose=0)
+    assert model.trainable_variables[0].value.device.endswith("CPU:1"), model.trainable_variables
+    state = [v.value.device for v in model.optimizer._state_vars.values()]
+    assert all(d.endswith("CPU:1") for d in state), state
+    print("OK")
+  """)
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+  assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
 def test_non_finite_gradients_skip_the_step():
   init, loss = quadratic_problem()
   opt = learned_opt.LearnedOptimizer(learning_rate=1e-2, weights=None)
