@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import threading
 import warnings
+from concurrent import futures
 
 import keras
 import numpy as np
@@ -110,19 +110,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
       # second time and their initial values are lifted out of the graph. A helper thread has
       # its own (empty) graph and creator stacks, so it creates them eagerly instead, on the
       # device of the model's first variable (the caller's device scope stays in its thread).
-      errors = []
       device = _device_of(variables[0]) if variables else ""
       def build_eagerly():
-        try:
-          with tf.device(device) if device else contextlib.nullcontext():
-            self._build(variables)
-        except BaseException as e:   # pylint: disable=broad-except
-          errors.append(e)
-      thread = threading.Thread(target=build_eagerly, name="LearnedOptimizer.build")
-      thread.start()
-      thread.join()
-      if errors:
-        raise errors[0]
+        with tf.device(device) if device else contextlib.nullcontext():
+          self._build(variables)
+      with futures.ThreadPoolExecutor(1, thread_name_prefix="LearnedOptimizer.build") as pool:
+        pool.submit(build_eagerly).result()   # re-raises the thread's exception here
       return
     with tf.init_scope():
       self._build(variables)
