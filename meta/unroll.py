@@ -375,10 +375,26 @@ def _shared_noise(problem) -> bool:
 
 
 def _branch_key(problem) -> tuple:
-  """Problems with one key compute the same loss graph from their data: a problem and its
-  noisy copies ("quadratic_d20", "quadratic_d20_noise0.5"), whose names differ only in the
-  noise suffix and whose noise is the base class's. They share a branch of a group's switch,
-  with the noise level as data."""
+  """Problems with one key compute the same loss graph from their data, and share a branch of
+  a group's switch:
+  - problems of one padding family (`Problem.padding_family`: one parameter tensor, constants
+    as data), of equal trailing dimensions and batch size, whatever their leading dimension
+    ("norm_d19_p1", "norm_d27_p1", "norm_d22_p3_noise0.1"): the branch evaluates the largest
+    one's loss on the others' parameters and data zero-padded to its shapes (`_Group`);
+  - a problem and its noisy copies ("logreg_f10_sep2_b100", "logreg_f10_sep2_b100_noise0.5"),
+    whose names differ only in the noise suffix.
+  Where the noise is the base class's, the noise level is data; otherwise it is part of the
+  key."""
+  family = problem.padding_family()
+  if family is not None:
+    shapes = problem.param_shapes()
+    if len(shapes) != 1 or not shapes[0]:
+      raise ValueError(f"{problem.name}: a padding family needs one parameter tensor of rank "
+                       f">= 1, got shapes {shapes}")
+    noise = () if _shared_noise(problem) else (problem.noise_stdev,)
+    entries = tuple((key, len(shape), kind) for key, shape, kind, _ in
+                    _data_spec(problem).entries)
+    return ("pad", family, tuple(shapes[0][1:]), problem.batch_size, entries, noise)
   suffix = problems_base.noise_suffix(problem.noise_stdev)
   if not _shared_noise(problem) or (suffix and not problem.name.endswith(suffix)):
     return ("problem", problem.name)
@@ -429,30 +445,62 @@ class _Group:
   def __init__(self, problems):
     self.problems = list(problems)
     self.index = {p.name: i for i, p in enumerate(self.problems)}
+    self.specs = [_data_spec(p) for p in self.problems]
     keys = [_branch_key(p) for p in self.problems]
-    first = {}
+    members: dict[tuple, list[int]] = {}
     for i, key in enumerate(keys):
-      first.setdefault(key, i)
-    self.branches = list(first.values())       # a representative problem index per branch
-    self.branch_of = {p.name: self.branches.index(first[keys[i]])
-                      for i, p in enumerate(self.problems)}
-    shared = {key for key in keys if keys.count(key) > 1}
-    self.noise_as_data = [keys[rep] in shared for rep in self.branches]   # per branch
+      members.setdefault(key, []).append(i)
+    # A representative problem index per branch: the largest member (padding families), whose
+    # loss the branch computes for all of them.
+    self.branches = [max(group, key=lambda i: self.problems[i].num_params)
+                     for group in members.values()]
+    for rep, (key, group) in zip(self.branches, members.items()):
+      for i in group:
+        if key[0] == "pad":
+          self._check_fits(i, rep)
+    self.branch_of = {self.problems[i].name: b
+                      for b, group in enumerate(members.values()) for i in group}
+    self.rep_of = {self.problems[i].name: rep
+                   for rep, group in zip(self.branches, members.values()) for i in group}
+    # Per branch: the noise level is data where members differ in it (base-class noise only).
+    self.noise_as_data = [
+        len(group) > 1 and _shared_noise(self.problems[rep])
+        and len({self.problems[i].noise_stdev for i in group}) > 1
+        for rep, group in zip(self.branches, members.values())]
     self.rows = padded_rows(max(p.num_params for p in self.problems))
     self.slots = max(len(p.param_shapes()) for p in self.problems) + 1
-    self.specs = [_data_spec(p) for p in self.problems]
     self.buffer_sizes = [max(1, max(self._packed_sizes(p)[k] for p in self.problems))
                          for k in range(len(_DATA_DTYPES))]
     self.layouts = [hrnn.Layout(p.param_shapes()) for p in self.problems]
     self.key = (self.rows, tuple(p.name for p in self.problems))
 
+  def _check_fits(self, i: int, rep: int) -> None:
+    """A padding family's member must fit its branch's representative: same rank and trailing
+    dimensions, a leading dimension no larger, and each data entry no larger in any dimension."""
+    if i == rep:
+      return
+    small, large = self.problems[i], self.problems[rep]
+    (shape,), (rep_shape,) = small.param_shapes(), large.param_shapes()
+    fits = len(shape) == len(rep_shape) and shape[0] <= rep_shape[0]
+    fits = fits and tuple(shape[1:]) == tuple(rep_shape[1:])
+    rep_entries = {key: value for key, *value in self.specs[rep].entries}
+    for key, data_shape, kind, _ in self.specs[i].entries:
+      want = rep_entries.get(key)
+      fits = fits and want is not None and want[1] == kind and len(want[0]) == len(data_shape)
+      fits = fits and all(a <= b for a, b in zip(data_shape, want[0]))
+    if not fits:
+      raise ValueError(f"{small.name} does not pad into {large.name} (padding family "
+                       f"{small.padding_family()}): parameter shapes {shape} vs {rep_shape}, "
+                       f"data {self.specs[i].entries} vs {self.specs[rep].entries}")
+
   def _noise_slot(self, problem) -> bool:
     return self.noise_as_data[self.branch_of[problem.name]]
 
   def _packed_sizes(self, problem) -> list[int]:
-    """Elements per dtype of the problem's packed data: its data, plus the noise level at the
-    end of the float32 part where its branch takes the level as data."""
-    sizes = list(self.specs[self.index[problem.name]].sizes)
+    """Elements per dtype of the problem's packed data: its data padded to its branch's
+    representative, plus the noise level at the end of the float32 part where its branch takes
+    the level as data."""
+    sizes = list(self.specs[self.rep_of[problem.name]].sizes)
     sizes[0] += int(self._noise_slot(problem))
     return sizes
 
@@ -475,12 +523,17 @@ class _Group:
 
   def pack_data(self, problem, data) -> list[tf.Tensor]:
     spec = _data_spec(problem, data)
+    for key, shape, _, _ in spec.entries:
+      if tuple(np.shape(data[key])) != shape:
+        raise ValueError(f"{problem.name}: data entry {key!r} has shape "
+                         f"{tuple(np.shape(data[key]))}, but this problem's instances have "
+                         f"{shape}")
     parts: list[list] = [[] for _ in _DATA_DTYPES]
-    for key, shape, kind, _ in spec.entries:
+    # In the representative's layout, each entry zero-padded to its shape (padding families).
+    for key, shape, kind, _ in self.specs[self.rep_of[problem.name]].entries:
       value = tf.convert_to_tensor(data[key])
       if tuple(value.shape) != shape:
-        raise ValueError(f"{problem.name}: data entry {key!r} has shape {tuple(value.shape)}, "
-                         f"but this problem's instances have {shape}")
+        value = tf.pad(value, [[0, want - have] for have, want in zip(value.shape, shape)])
       parts[kind].append(tf.reshape(tf.cast(value, _DATA_DTYPES[kind]), [-1]))
     if self._noise_slot(problem):
       parts[0].append(tf.constant([problem.noise_stdev], tf.float32))
@@ -554,7 +607,10 @@ class _Group:
             loss = problem.full_loss(params, data)
           return loss, pad(i, self.layouts[i].flatten(grads))
         return fn
-      return tf.switch_case(index, [branch(b) for b in range(len(self.branches))])
+      loss, grad = tf.switch_case(index, [branch(b) for b in range(len(self.branches))])
+      # Rows past the problem's own (a smaller member of a padding family) get exact zeros,
+      # where the representative's gradient noise would otherwise land.
+      return loss, grad * element_mask
 
     def full_loss(flat):
       def branch(b):
@@ -563,6 +619,7 @@ class _Group:
       return tf.switch_case(index, [branch(b) for b in range(len(self.branches))])
 
     segments = hrnn.Segments.padded(**segments_arrays)
+    element_mask = segments_arrays["element_mask"]
     # Minibatch problems' objective loss is computed inside their branch, so the loop never
     # needs a second switch for it (needs_full_loss=False); attention evaluates at theta.
     return _Target(gradients, full_loss, segments, False, _recompute(self.problems))

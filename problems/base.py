@@ -93,9 +93,15 @@ def uniform(shape, seed) -> tf.Tensor:
 
 
 def standard_normal(shape, seed) -> tf.Tensor:
-  """N(0, 1) samples by Box-Muller from `uniform` (same numbers under XLA and eagerly)."""
-  uniforms = uniform((2,) + tuple(shape), seed)
-  return tf.sqrt(-2.0 * tf.math.log(uniforms[0])) * tf.cos(2.0 * math.pi * uniforms[1])
+  """N(0, 1) samples by Box-Muller from `uniform` (same numbers under XLA and eagerly).
+
+  Element k of the flattened output uses the integer draws 2k and 2k + 1, so a draw of a
+  shape larger in its leading dimension starts with the smaller draw (a padded problem's gradient
+  noise equals its own on the real entries: meta/unroll.py, `Problem.padding_family`).
+  """
+  uniforms = uniform(tuple(shape) + (2,), seed)
+  return (tf.sqrt(-2.0 * tf.math.log(uniforms[..., 0]))
+          * tf.cos(2.0 * math.pi * uniforms[..., 1]))
 
 
 def clamp_at_zero(value: tf.Tensor) -> tf.Tensor:
@@ -185,6 +191,21 @@ class Problem:
 
   def minimizer(self, data: Mapping[str, np.ndarray]) -> list[np.ndarray] | None:
     """A parameter list attaining `minimum` (minimum_kind "exact"), else None."""
+    return None
+
+  def padding_family(self) -> tuple | None:
+    """A key shared by problems whose loss is one graph at a padded size, or None (default).
+
+    A problem that returns a key promises: it has one parameter tensor; for two problems with
+    the same key whose shapes differ, the larger one's objective, evaluated at the smaller
+    one's parameters zero-padded at the end of the leading dimension and its data entries
+    zero-padded at the end of every dimension, returns the smaller one's loss and, on the real
+    entries, its gradient (zero on the padding). Constants that differ between them (a power,
+    a scale, a matrix) are therefore data entries, and masks mark the real rows where zeros
+    would change the loss. meta/unroll.py then runs them through one branch of a size
+    group's compiled function (`_branch_key`); tests/test_unroll_buckets.py checks the promise
+    for every default problem that makes it.
+    """
     return None
 
   def descent_direction(self, data: Mapping[str, np.ndarray]) -> list[np.ndarray] | None:

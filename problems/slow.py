@@ -39,15 +39,22 @@ class Norm(base.Problem):
   def param_shapes(self):
     return [(self.ndim, 1)]
 
+  def padding_family(self):
+    return ("Norm",)   # the power is data, and a mask keeps padded rows' ε^p out of the sum
+
   def sample_data(self, seed):
     rng = self.rng(seed, base.DATA_STREAM)
     w = rng.standard_normal((self.ndim, self.ndim))
     return {"w": w.astype(np.float32),
-            "y": (w @ rng.standard_normal((self.ndim, 1))).astype(np.float32)}
+            "y": (w @ rng.standard_normal((self.ndim, 1))).astype(np.float32),
+            "mask": np.ones((self.ndim, 1), np.float32),
+            "power": np.array([self.power], np.float32)}
 
   def objective(self, params, batch):
     residual = tf.matmul(batch["w"], params[0]) - batch["y"]
-    return tf.reduce_sum((tf.abs(residual) + base.EPSILON)**self.power)**(1.0 / self.power)
+    power = batch["power"][0]
+    terms = batch["mask"] * (tf.abs(residual) + base.EPSILON)**power
+    return tf.reduce_sum(terms)**(1.0 / power)
 
   def minimizer(self, data):
     w, y = (np.asarray(data[key], np.float64) for key in ("w", "y"))
@@ -189,6 +196,9 @@ class DependencyChain(base.Problem):
   def param_shapes(self):
     return [(self.ndim + 1,)]
 
+  def padding_family(self):
+    return ("DependencyChain",)   # trailing zeros add zero terms with zero gradients
+
   def objective(self, params, batch):
     theta = params[0]
     return theta[0]**2 + tf.reduce_sum(theta[1:]**2 / (theta[:-1]**2 + base.EPSILON))
@@ -212,9 +222,17 @@ class MinMaxWell(base.Problem):
   def param_shapes(self):
     return [(self.ndim,)]
 
+  def padding_family(self):
+    return ("MinMaxWell",)   # the mask keeps padded zeros out of the minimum
+
+  def sample_data(self, seed):
+    super().sample_data(seed)
+    return {"mask": np.ones((self.ndim,), np.float32)}
+
   def objective(self, params, batch):
     squares = tf.square(params[0])
-    smallest, largest = tf.reduce_min(squares), tf.reduce_max(squares)
+    smallest = tf.reduce_min(tf.where(batch["mask"] > 0, squares, np.inf))
+    largest = tf.reduce_max(squares)
     return (largest - smallest) + tf.square(smallest - 1.0) / smallest
 
   def minimizer(self, data):

@@ -70,6 +70,11 @@ class SparseGradients(Transformed):
     self.zero_probability = zero_probability
     super().__init__(inner, f"sparse_{base.format_number(zero_probability)}")
 
+  def padding_family(self):
+    # The masks' draws of a larger shape start with the smaller one's (`base.uniform`).
+    inner = self.inner.padding_family()
+    return None if inner is None else ("SparseGradients", self.zero_probability, inner)
+
   def perturb_gradients(self, grads, seed):
     mask_seed = base.step_stream(seed, base.MASK_STREAM)
     return [tf.where(base.uniform(grad.shape, base.step_stream(mask_seed, index))
@@ -87,8 +92,15 @@ class Rescale(Transformed):
   def init_params(self, seed):
     return [p * np.float32(self.scale) for p in self.inner.init_params(seed)]
 
+  def padding_family(self):
+    inner = self.inner.padding_family()
+    return None if inner is None else ("Rescale", inner)   # the scale is data
+
+  def sample_data(self, seed):
+    return {**self.inner.sample_data(seed), "scale": np.array([self.scale], np.float32)}
+
   def objective(self, params, batch):
-    return self.inner.objective([p / self.scale for p in params], batch)
+    return self.inner.objective([p / batch["scale"][0] for p in params], batch)
 
   def _scaled(self, params):
     return None if params is None else [(p * self.scale).astype(np.float32) for p in params]
@@ -108,6 +120,10 @@ class LogObjective(Transformed):
 
   def __init__(self, inner: base.Problem):
     super().__init__(inner, "log", minimum=math.log1p(inner.minimum / base.EPSILON))
+
+  def padding_family(self):
+    inner = self.inner.padding_family()
+    return None if inner is None else ("LogObjective", inner)
 
   def objective(self, params, batch):
     return tf.math.log1p(self.inner.objective(params, batch) / base.EPSILON)

@@ -45,6 +45,9 @@ class Quadratic(base.Problem):
     x_star = rng.standard_normal((self.ndim, 1))
     return {"w": w.astype(np.float32), "y": (w @ x_star).astype(np.float32)}
 
+  def padding_family(self):
+    return ("Quadratic",)   # zero rows and columns of W and zeros in y add nothing
+
   def objective(self, params, batch):
     return 0.5 * tf.reduce_sum(tf.square(tf.matmul(batch["w"], params[0]) - batch["y"]))
 
@@ -71,8 +74,15 @@ class Bowl(base.Problem):
   def param_shapes(self):
     return [(2, 1)]
 
+  def padding_family(self):
+    return ("Bowl",)   # one shape; the matrix is data, so the four bowls share a branch
+
+  def sample_data(self, seed):
+    super().sample_data(seed)
+    return {"matrix": self.matrix.copy()}
+
   def objective(self, params, batch):
-    return 0.5 * tf.reduce_sum(tf.square(tf.matmul(tf.constant(self.matrix), params[0])))
+    return 0.5 * tf.reduce_sum(tf.square(tf.matmul(batch["matrix"], params[0])))
 
   def minimizer(self, data):
     return [np.zeros((2, 1), np.float32)]
