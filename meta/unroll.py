@@ -262,6 +262,8 @@ def _unroll_flat(target: _Target, meta, params, state, initial_loss, num_steps, 
     gradients = target.gradients
     if compute_gradients and target.recompute:
       gradients = _recomputed(gradients)
+    step = _recomputed_step(config, seg) if compute_gradients else functools.partial(
+        _plain_step, config=config, seg=seg)
 
     def body(i, flat, state, total):
       minibatch_loss, grad = gradients(flat, tf.random.experimental.stateless_fold_in(seed, i))
@@ -274,7 +276,7 @@ def _unroll_flat(target: _Target, meta, params, state, initial_loss, num_steps, 
       else:
         loss = minibatch_loss
       total = total + objective.log_relative_loss(loss, initial_loss)
-      update, state = hrnn.step_flat(meta, state, grad, config, seg)
+      update, state = step(meta, state, grad)
       return i + 1, flat - update, state, total
 
     steps, flat, new_state, total = tf.while_loop(
@@ -309,6 +311,53 @@ def _unroll_flat(target: _Target, meta, params, state, initial_loss, num_steps, 
       finite=finite, log_lr_mean=mean,
       log_lr_std=tf.sqrt(seg.element_mean(tf.square(log_lr - mean))),
       log_lr_min=low, log_lr_max=high)
+
+
+def _plain_step(meta, state, grad, *, config, seg):
+  return hrnn.step_flat(meta, state, grad, config, seg)
+
+
+def _recomputed_step(config: HRNNConfig, seg) -> Callable:
+  """`hrnn.step_flat(meta, state, grad)` whose backward pass recomputes the step from its inputs.
+
+  The inner loop's gradient otherwise keeps every intermediate of every optimizer step (the
+  features, the three GRUs' gates, the direction before its normalisation: ~190 floats per
+  parameter and step with the paper preset) in accumulators sized by the loop's static bound,
+  and TF's CPU allocator pool keeps the largest such buffer a process ever used: measured on
+  `quadratic_d2048` (max_steps 256), 525 MB kept after one unroll, 134 MB with the system
+  allocator. Recomputed, the loop keeps the step's inputs only (its state and gradient), and
+  the backward pass runs the step once more: the same meta-gradient, the forward step twice.
+  """
+  fields = [f for f in hrnn.State._fields if f != "step"]
+
+  def step(meta, state, grad):
+    keys = sorted(meta)
+    n, k = len(keys), len(fields)
+
+    def call(inputs):
+      values = dict(zip(fields, inputs[n:n + k]))
+      update, new = hrnn.step_flat(dict(zip(keys, inputs[:n])),
+                                   hrnn.State(step=state.step, **values), inputs[n + k],
+                                   config, seg)
+      # Float32 across the boundary: bfloat16-stored fields (`config.state_dtype`) as inputs
+      # and outputs made XLA's recomputed backward pass 2x slower; the values are the same.
+      return [update] + [tf.cast(getattr(new, f), tf.float32) for f in fields]
+
+    @tf.custom_gradient
+    def fn(*inputs):
+      def backward(*d_outputs):
+        with tf.GradientTape() as tape:
+          tape.watch(inputs)
+          again = call(list(inputs))
+        return tape.gradient(again, list(inputs), output_gradients=list(d_outputs),
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      return call(list(inputs)), backward
+
+    outputs = fn(*[meta[key] for key in keys],
+                 *[tf.cast(getattr(state, f), tf.float32) for f in fields], grad)
+    stored = {f: tf.cast(value, getattr(state, f).dtype) for f, value in zip(fields, outputs[1:])}
+    return outputs[0], hrnn.State(step=state.step + 1, **stored)
+  return step
 
 
 def _recomputed(gradients: Callable) -> Callable:
