@@ -489,3 +489,30 @@ def test_compiled_unrolls_record_no_op_tracebacks():
       thread.join()
       assert seen and seen[0]
     assert tf.constant(5.0).op.traceback
+
+
+def test_a_padding_family_member_that_does_not_fit_is_refused():
+  """A member whose data is larger than the largest member's (so no zero-padding embeds it)
+  is refused when its group is built, naming both problems."""
+  from problems import base   # pylint: disable=import-outside-toplevel
+
+  class Crossed(base.Problem):
+    def __init__(self, ndim):
+      self.ndim = ndim
+      super().__init__(f"crossed_d{ndim}", family=base.SLOW_CONVERGENCE)
+
+    def padding_family(self):
+      return ("Crossed",)
+
+    def param_shapes(self):
+      return [(self.ndim,)]
+
+    def sample_data(self, seed):
+      return {"a": np.ones((10 - self.ndim,), np.float32)}   # shrinks as the params grow
+
+    def objective(self, params, batch):
+      return tf.reduce_sum(tf.square(params[0])) + tf.reduce_sum(batch["a"])
+
+  with pytest.raises(ValueError, match=r"crossed_d2 does not pad into crossed_d5"):
+    unroll_lib.Unroller(config_lib.stable(), max_steps=4, compile_by="bucket",
+                        problems=[Crossed(2), Crossed(5)])
