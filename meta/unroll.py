@@ -343,16 +343,7 @@ def _recomputed_step(config: HRNNConfig, seg) -> Callable:
       # and outputs made XLA's recomputed backward pass 2x slower; the values are the same.
       return [update] + [tf.cast(getattr(new, f), tf.float32) for f in fields]
 
-    @tf.custom_gradient
-    def fn(*inputs):
-      def backward(*d_outputs):
-        with tf.GradientTape() as tape:
-          tape.watch(inputs)
-          again = call(list(inputs))
-        return tape.gradient(again, list(inputs), output_gradients=list(d_outputs),
-                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      return call(list(inputs)), backward
-
+    fn = _recomputed_in_backward(lambda *inputs: call(list(inputs)))
     outputs = fn(*[meta[key] for key in keys],
                  *[tf.cast(getattr(state, f), tf.float32) for f in fields], grad)
     stored = {f: tf.cast(value, getattr(state, f).dtype) for f, value in zip(fields, outputs[1:])}
@@ -369,21 +360,26 @@ def _recomputed(gradients: Callable) -> Callable:
   only the flat parameters and the step seed, and the backward pass of a step evaluates the
   problem's gradient once more (a Hessian-vector product through it): the same values.
   """
-  @tf.custom_gradient
-  def fn(flat, step_seed):
-    loss, grad = gradients(flat, step_seed)
+  return _recomputed_in_backward(lambda flat, step_seed: list(gradients(flat, step_seed)))
 
-    def backward(d_loss, d_grad):
+
+def _recomputed_in_backward(fn: Callable) -> Callable:
+  """`fn(*tensors) -> list of tensors` whose backward pass runs `fn` again from its inputs,
+  under a tape, instead of keeping its intermediates (`_recomputed`, `_recomputed_step`).
+  Floating-point inputs get their gradients; the others (seeds) none."""
+  @tf.custom_gradient
+  def wrapped(*inputs):
+    def backward(*d_outputs):
+      floating = [x for x in inputs if x.dtype.is_floating]
       with tf.GradientTape() as tape:
-        tape.watch(flat)
-        loss_again, grad_again = gradients(flat, step_seed)
-      d_loss = tf.zeros_like(loss_again) if d_loss is None else d_loss
-      d_grad = tf.zeros_like(grad_again) if d_grad is None else d_grad
-      d_flat = tape.gradient([loss_again, grad_again], flat, output_gradients=[d_loss, d_grad],
-                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      return d_flat, None
-    return (loss, grad), backward
-  return fn
+        tape.watch(floating)
+        again = fn(*inputs)
+      d_outputs = [tf.zeros_like(y) if d is None else d for y, d in zip(again, d_outputs)]
+      grads = iter(tape.gradient(again, floating, output_gradients=d_outputs,
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO))
+      return [next(grads) if x.dtype.is_floating else None for x in inputs]
+    return fn(*inputs), backward
+  return wrapped
 
 
 _COMPILED: dict[tuple, Callable] = {}
