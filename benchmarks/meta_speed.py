@@ -61,6 +61,10 @@ def define_flags():
                       "(each runs from a temporary checkout of that commit; empty: this tree).")
   flags.DEFINE_bool("side_by_side", False, "--breakdown: run the variants at the same time, "
                     "each pinned to its own core (compare timings only within one machine).")
+  flags.DEFINE_float("release_memory_every_secs", None, "--breakdown: the trainer's "
+                     "--release_memory_every_secs (default: the trainer's own).")
+  flags.DEFINE_float("sample_memory_every_secs", 30.0, "--breakdown: how often each variant "
+                     "samples its resident set and C heap (the table shows every 5 minutes).")
   flags.DEFINE_string("child", "", "Internal: run one breakdown variant and print JSON.")
   flags.DEFINE_string("estimator_problems", "quadratic_d25,logreg_f100_sep1_b50",
                       "Problems of the PES vs TBPTT cost table ('' skips it).")
@@ -227,6 +231,50 @@ def _rss_mb(field: str) -> float:
   return value / 2**20 if value is not None else float("nan")
 
 
+def _heap_mb() -> tuple[float, float]:
+  """(in use, free) MB of glibc's heap (mallinfo2: small and large blocks); NaN without it."""
+  import ctypes
+
+  class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+  except (OSError, AttributeError):
+    return float("nan"), float("nan")
+  return (info.uordblks + info.hblkhd) / 2**20, info.fordblks / 2**20
+
+
+class _MemorySampler:
+  """Samples (seconds since process start, resident MB, heap in use MB, heap free MB) every
+  `every` seconds on a daemon thread: whether the resident set still grows once everything is
+  compiled, and whether the growth is memory in use or freed heap kept by the allocator."""
+
+  def __init__(self, every: float):
+    import threading
+    self.samples, self._stop = [], threading.Event()
+    self._every = every
+    self._thread = threading.Thread(target=self._loop, daemon=True)
+    self._thread.start()
+
+  def _sample(self):
+    self.samples.append((round(time.perf_counter() - _PROCESS_START, 1),
+                         round(_rss_mb("VmRSS"), 1)) + tuple(round(v, 1) for v in _heap_mb()))
+
+  def _loop(self):
+    while not self._stop.wait(self._every):
+      self._sample()
+
+  def stop(self) -> list:
+    self._stop.set()
+    self._thread.join()
+    self._sample()
+    return self.samples
+
+
 def _child(spec: str) -> None:
   """One variant in this (fresh) process: meta-train for --seconds, print the ledger as JSON."""
   import json
@@ -238,11 +286,16 @@ def _child(spec: str) -> None:
   args = json.loads(spec)
   profile.LEDGER.reset(enabled=True)
   cpu0 = time.process_time()
+  sampler = _MemorySampler(args.get("sample_memory_every_secs") or 30.0)
+  extra = {}
+  if args["compile_by"]:
+    extra["compile_by"] = args["compile_by"]
+  if args.get("release_memory_every_secs") is not None:
+    extra["release_memory_every_secs"] = args["release_memory_every_secs"]
   with tempfile.TemporaryDirectory() as train_dir:
     options = trainer_lib.Options(
         train_dir=train_dir, config="stable", problems=args["problems"], meta_l2=0.1,
-        max_steps=10**9, checkpoint_every_secs=60.0, log_every_steps=10**9, seed=0,
-        **({"compile_by": args["compile_by"]} if args["compile_by"] else {}))
+        max_steps=10**9, checkpoint_every_secs=60.0, log_every_steps=10**9, seed=0, **extra)
     trainer = trainer_lib.Trainer(options)
     setup = time.perf_counter() - _PROCESS_START
     trainer.run(stop_after=1)
@@ -261,6 +314,8 @@ def _child(spec: str) -> None:
         "problems_seen": len(trainer.unroller),
         "ledger": dict(profile.LEDGER.seconds), "ledger_counts": dict(profile.LEDGER.counts),
         "peak_rss_mb": _rss_mb("VmHWM"), "final_rss_mb": _rss_mb("VmRSS"),
+        "release_memory_every_secs": options.release_memory_every_secs,
+        "memory_series": sampler.stop(),
         "split": _compile_split(args["split"], args["compile_by"] or "bucket",
                                 args["problems"]),
     }
@@ -349,7 +404,9 @@ def _breakdown() -> None:
         if commit:
           label = f"{revision} ({commit[:7]})" + ("" if label == "default" else f" {label}")
         spec = json.dumps({"compile_by": compile_by, "problems": FLAGS.train_problems,
-                           "seconds": FLAGS.seconds, "split": split})
+                           "seconds": FLAGS.seconds, "split": split,
+                           "release_memory_every_secs": FLAGS.release_memory_every_secs,
+                           "sample_memory_every_secs": FLAGS.sample_memory_every_secs})
         runs.append({"label": label, "cwd": cwd, "env": env, "commit": commit,
                      "cmd": [sys.executable, "-m", "benchmarks.meta_speed", "--child", spec]})
     results = _run_children(runs, FLAGS.side_by_side)
@@ -430,6 +487,27 @@ def _run_children(runs: list[dict], side_by_side: bool) -> list[dict]:
   return [finish(run, start(i, run)) for i, run in enumerate(runs)]
 
 
+def _memory_series_table(results) -> str:
+  """Resident set and C heap (in use / free) every 5 minutes, one column per variant."""
+  if not any(r.get("memory_series") for r in results):
+    return ""
+  longest = max(r["wall_secs"] for r in results)
+  marks = [m for m in range(300, int(longest) + 300, 300)]
+  lines = ["", "", "Memory over the run (MB): resident set / C heap in use / C heap free "
+           "(mallinfo2), the sample nearest each mark", "",
+           "| minute | " + " | ".join(r["compile_by"] for r in results) + " |",
+           "|---:|" + "---:|" * len(results)]
+  for mark in marks:
+    cells = []
+    for r in results:
+      series = r.get("memory_series") or []
+      near = min(series, key=lambda s: abs(s[0] - mark)) if series else None
+      cells.append("–" if near is None or abs(near[0] - mark) > 60
+                   else f"{near[1]:.0f} / {near[2]:.0f} / {near[3]:.0f}")
+    lines.append(f"| {mark // 60} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def _breakdown_table(results) -> str:
   from meta import profile
 
@@ -452,7 +530,11 @@ def _breakdown_table(results) -> str:
   row("first meta-step after process start (s)", lambda r: f"{r['first_meta_step_secs']:.1f}")
   row("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}")
   row("final RSS (MB)", lambda r: f"{r['final_rss_mb']:.0f}")
+  row("heap returned to the OS every (s; 0: after compiles only)",
+      lambda r: f"{r['release_memory_every_secs']:g}" if "release_memory_every_secs" in r
+      else "(after compiles only)")
   out = "\n".join(lines)
+  out += _memory_series_table(results)
   split_lines = ["", "", "One problem's first compile, split (seconds): trace | TF->HLO lowering | "
                  "HLO optimisation | first call (all compile stages + execution) | execution",
                  "", "| variant | problem | trace | lower | HLO opt | first call | execute |",
