@@ -90,7 +90,9 @@ flags.DEFINE_enum("config", _D.config, sorted(config_lib.PRESETS),
 flags.DEFINE_string("problems", _D.problems,
                     "Problem set: 'paper' (alias 'default': the 109 problems of seed paper 1), "
                     "'nets' (43 small networks on generated data, with task augmentation; "
-                    "python -m problems --list --nets), 'mix' or 'mix:R' (both, a fraction R "
+                    "python -m problems --list --nets), 'netfam' (5 MLP families whose "
+                    "instances draw their own sizes and structure, one compiled function per "
+                    "family, with task augmentation), 'mix' or 'mix:R' (paper and nets, a fraction R "
                     "of the draws nets; mix = mix:0.5), 'all' (paper + off-by-default "
                     "problems), or a comma-separated list of problem names and family names "
                     "(python -m problems --list).")

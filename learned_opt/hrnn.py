@@ -92,13 +92,16 @@ class Segments:
   """
 
   def __init__(self, ids, counts, num_segments: int, total: int, element_mask=None,
-               tensor_mask=None):
+               tensor_mask=None, masked_rows: bool = False):
     self.ids = ids                        # int32 [N]: tensor slot of every row.
     self.counts = counts                  # float32 [T, 1]: rows per slot (>= 1).
     self.num_segments = int(num_segments)
     self.total = int(total)
     self.element_mask = element_mask      # float32 [N] or None (no padding).
     self.tensor_mask = tensor_mask        # float32 [T] or None.
+    # Rows masked inside a real tensor (a network family's instance, meta/unroll.py): per-tensor
+    # means weigh rows by element_mask, and counts are the unmasked rows.
+    self.masked_rows = bool(masked_rows)
 
   @classmethod
   def from_layout(cls, layout: Layout) -> "Segments":
@@ -107,12 +110,14 @@ class Segments:
     return cls(ids, counts, layout.num_tensors, layout.total)
 
   @classmethod
-  def padded(cls, ids, counts, element_mask, tensor_mask) -> "Segments":
+  def padded(cls, ids, counts, element_mask, tensor_mask, masked_rows: bool = False
+             ) -> "Segments":
     """From tensors: ids int32 [N_pad], counts [T_pad] or [T_pad, 1], masks [N_pad], [T_pad]."""
     num_segments, total = int(tensor_mask.shape[0]), int(element_mask.shape[0])
     counts = tf.reshape(tf.cast(counts, tf.float32), [num_segments, 1])
     return cls(tf.cast(ids, tf.int32), tf.maximum(counts, 1.0), num_segments, total,
-               tf.cast(element_mask, tf.float32), tf.cast(tensor_mask, tf.float32))
+               tf.cast(element_mask, tf.float32), tf.cast(tensor_mask, tf.float32),
+               masked_rows)
 
   @property
   def single(self) -> bool:
@@ -122,6 +127,9 @@ class Segments:
     """[N, k] -> [T, k] mean over each tensor's rows."""
     if self.single:
       return tf.reduce_mean(x, axis=0, keepdims=True)
+    if self.masked_rows:
+      mask = self.element_mask if x.shape.rank == 1 else self.element_mask[:, None]
+      x = x * mask
     return tf.math.unsorted_segment_sum(x, self.ids, self.num_segments) / self.counts
 
   def broadcast(self, x: tf.Tensor) -> tf.Tensor:

@@ -268,7 +268,7 @@ def resolve_problem_set(spec: str) -> tuple[list, np.ndarray | None]:
   """(pool, sampling probabilities or None for uniform) of a --problems spec.
 
   "paper" (alias "default": the 109 problems of seed paper 1), "nets" (problems/net_tasks.py
-  under task augmentation), "mix" / "mix:R" (both; a fraction R of the draws, default 0.5,
+  under task augmentation), "netfam" (problems/net_families.py under task augmentation), "mix" / "mix:R" (both; a fraction R of the draws, default 0.5,
   are nets, each set uniform inside), "all" (paper + off-by-default problems), or a
   comma-separated list of problem names and family names.
   """
@@ -278,6 +278,8 @@ def resolve_problem_set(spec: str) -> tuple[list, np.ndarray | None]:
     return problems_lib.all_problems(), None
   if spec == "nets":
     return problems_lib.nets_problems(), None
+  if spec == "netfam":
+    return problems_lib.netfam_problems(), None
   if spec == "mix" or spec.startswith("mix:"):
     try:
       ratio = float(spec[4:]) if spec != "mix" else 0.5

@@ -183,17 +183,41 @@ def _recompute(problems) -> bool:
   return not any(getattr(p, "compile_alone", False) for p in problems)
 
 
+def _masked_segments(ids, element_mask, tensor_mask, parameter_mask):
+  """Segments of an instance that masks some of its parameters (`Problem.parameter_masks`):
+  masked rows get no update and no weight in any per-tensor or problem-wide statistic, and a
+  tensor with no row left is no tensor (tensor mask 0)."""
+  element_mask = element_mask * parameter_mask
+  counts = tf.math.unsorted_segment_sum(element_mask, ids, int(tensor_mask.shape[0]))
+  tensor_mask = tensor_mask * tf.cast(counts > 0, tf.float32)
+  return hrnn.Segments.padded(ids, counts, element_mask, tensor_mask, masked_rows=True)
+
+
+def _flat_parameter_mask(problem, layout: hrnn.Layout, data, rows: int) -> tf.Tensor:
+  """The instance's parameter masks as one flat float32 vector of `rows` (0 past the layout)."""
+  masks = [tf.cast(m, tf.float32) for m in problem.parameter_masks(data)]
+  return tf.pad(layout.flatten(masks), [[0, rows - layout.total]])
+
+
 def _problem_target(problem, data, meta_loss: str = "full") -> _Target:
   """The target of one problem at its own size (no padding)."""
   layout = hrnn.Layout(problem.param_shapes())
+  segments, mask = hrnn.Segments.from_layout(layout), None
+  if problem.masked_parameters:
+    t = layout.num_tensors
+    mask = _flat_parameter_mask(problem, layout, data, layout.total)
+    segments = _masked_segments(
+        tf.constant(np.repeat(np.arange(t, dtype=np.int32), layout.sizes)),
+        tf.ones([layout.total]), tf.ones([t]), mask)
 
   def gradients(flat, step_seed):
     loss, grads = problem.gradients(layout.unflatten(flat), data, step_seed)
-    return loss, layout.flatten(grads)
+    grad = layout.flatten(grads)
+    return loss, grad if mask is None else grad * mask
 
   return _Target(gradients, lambda flat: problem.full_loss(layout.unflatten(flat), data),
-                 hrnn.Segments.from_layout(layout),
-                 problem.batch_size is not None and meta_loss == "full", _recompute([problem]))
+                 segments, problem.batch_size is not None and meta_loss == "full",
+                 _recompute([problem]))
 
 
 def unroll(problem, meta: Mapping[str, tf.Tensor], carry: Carry, data, num_steps, seed,
@@ -518,6 +542,12 @@ class _Group:
                          for k in range(len(_DATA_DTYPES))]
     self.layouts = [hrnn.Layout(p.param_shapes()) for p in self.problems]
     self.key = (self.rows, tuple(p.name for p in self.problems))
+    # An instance that masks parameters (a network family's) sets the segments from its data,
+    # inside the compiled function; such a problem shares its group with no other.
+    self.masked = any(p.masked_parameters for p in self.problems)
+    if self.masked and len(self.problems) > 1:
+      raise ValueError("a problem with parameter masks compiles alone; group "
+                       f"{[p.name for p in self.problems]} mixes it with others")
 
   def _check_fits(self, i: int, rep: int) -> None:
     """A padding family's member must fit its branch's representative: same rank and trailing
@@ -663,8 +693,15 @@ class _Group:
         return lambda: self.problems[i].full_loss(unflatten(i, flat), datas[b])
       return tf.switch_case(index, [branch(b) for b in range(len(self.branches))])
 
-    segments = hrnn.Segments.padded(**segments_arrays)
-    element_mask = segments_arrays["element_mask"]
+    if self.masked:
+      problem, layout = self.problems[0], self.layouts[0]
+      segments = _masked_segments(
+          segments_arrays["ids"], segments_arrays["element_mask"],
+          segments_arrays["tensor_mask"],
+          _flat_parameter_mask(problem, layout, datas[0], rows))
+    else:
+      segments = hrnn.Segments.padded(**segments_arrays)
+    element_mask = segments.element_mask
     # Minibatch problems' objective loss is computed inside their branch, so the loop never
     # needs a second switch for it (needs_full_loss=False); attention evaluates at theta.
     return _Target(gradients, full_loss, segments, False, _recompute(self.problems))

@@ -23,7 +23,10 @@ Problem sets for meta-training (train_meta.py --problems):
   paper   the 109 above (`default` is an alias), faithful to the seed paper;
   nets    `nets_problems()`: the 43 structures of problems/net_tasks.py (networks on
           generated data), each wrapped in problems/augment.py's task augmentation;
-  mix     both, sampled so that a fraction r of the draws are nets (`mix` = `mix:0.5`).
+  mix     both, sampled so that a fraction r of the draws are nets (`mix` = `mix:0.5`);
+  netfam  `netfam_problems()`: the MLP families of problems/net_families.py (each instance
+          draws its own depth, width, activation, normalisation, loss; one compiled function
+          per family) under task augmentation.
 `python -m problems --list --nets` prints the nets family, its axes and sampled instances.
 """
 
@@ -33,12 +36,12 @@ import functools
 
 import numpy as np
 
-from problems import (augment, literature, net_tasks, neural_nets, noisy, slow, transforms,
-                      well_behaved)
+from problems import (augment, literature, net_families, net_tasks, neural_nets, noisy, slow,
+                      transforms, well_behaved)
 from problems.base import FAMILIES, MINIMUM_KINDS, Problem
 
 __all__ = ["FAMILIES", "MINIMUM_KINDS", "Problem", "DEFAULT_COUNT", "default_problems",
-           "all_problems", "net_problems", "nets_problems", "get", "sample"]
+           "all_problems", "net_problems", "nets_problems", "netfam_problems", "get", "sample"]
 
 DEFAULT_COUNT = 109
 
@@ -100,12 +103,25 @@ def nets_problems() -> list[Problem]:
 
 
 @functools.cache
+def _netfam() -> tuple[Problem, ...]:
+  families = net_families.families()
+  _check_unique(list(_all()) + list(_nets()) + families)
+  return tuple(families) + tuple(augment.Augmented(family) for family in families)
+
+
+def netfam_problems() -> list[Problem]:
+  """The `netfam` meta-training set: every MLP family under task augmentation."""
+  return [p for p in _netfam() if isinstance(p, augment.Augmented)]
+
+
+@functools.cache
 def _by_name() -> dict[str, Problem]:
-  return {problem.name: problem for problem in _all() + _nets() + _nets_augmented()}
+  return {problem.name: problem
+          for problem in _all() + _nets() + _nets_augmented() + _netfam()}
 
 
 def get(name: str) -> Problem:
-  """The problem called `name` (default, off-by-default, or of the nets set)."""
+  """The problem called `name` (default, off-by-default, or of the nets or netfam sets)."""
   try:
     return _by_name()[name]
   except KeyError:

@@ -1,4 +1,5 @@
-"""Lists the meta-training ensemble: python -m problems --list [--all | --nets [--samples N]]."""
+"""Lists the meta-training ensemble:
+python -m problems --list [--all | --nets [--samples N] | --netfam [--samples N]]."""
 
 from __future__ import annotations
 
@@ -54,12 +55,37 @@ def nets_listing(num_samples: int, seed: int = 0) -> str:
   return "\n".join(lines)
 
 
+def netfam_listing(num_samples: int) -> str:
+  """The MLP families: ranges, parameters, and instances with their own share of them."""
+  from problems import net_families   # pylint: disable=import-outside-toplevel
+  header = ("name", "#params", "batch", "depth", "width", "features", "outputs")
+  rows = [header] + [
+      (f.name, str(f.num_params), str(f.batch_size),
+       *(f"{low}-{high}" for low, high in (f.ranges[k] for k in header[3:])))
+      for f in net_families.families()]
+  widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+  lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+           for row in rows]
+  lines += ["", "Each family is one compiled function; every instance draws its depth, width, "
+            "features, outputs, activation, normalisation, loss and data (the `netfam` set "
+            "wraps each family in task augmentation).", "",
+            f"instances 0-{num_samples - 1} of each family (own parameters / family's):"]
+  for family in net_families.families():
+    for seed in range(num_samples):
+      own = family.instance_mlp(seed).num_params
+      info = ", ".join(f"{k}={v}" for k, v in family.instance_info(seed).items())
+      lines.append(f"  {family.name}  seed {seed}: {own:,} / {family.num_params:,}; {info}")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m problems", description=__doc__)
   parser.add_argument("--list", action="store_true", help="print the problem table")
   parser.add_argument("--all", action="store_true", help="include off-by-default problems")
   parser.add_argument("--nets", action="store_true",
                       help="the nets family: structures, axes and sampled instances")
+  parser.add_argument("--netfam", action="store_true",
+                      help="the MLP families: ranges and sampled instances")
   parser.add_argument("--samples", type=int, default=8, help="sampled nets tasks to show")
   args = parser.parse_args(argv)
   if not args.list:
@@ -67,6 +93,9 @@ def main(argv=None) -> int:
     return 0
   if args.nets:
     print(nets_listing(args.samples))
+    return 0
+  if args.netfam:
+    print(netfam_listing(args.samples))
     return 0
   rows = problems.all_problems() if args.all else problems.default_problems()
   print(table(rows))

@@ -89,6 +89,7 @@ class Augmented(base.Problem):
     super().__init__(f"aug({inner.name})", family=inner.family, batch_size=inner.batch_size,
                      noise_stdev=inner.noise_stdev, transform="augment", minimum=minimum,
                      minimum_kind=kind)
+    self.masked_parameters = inner.masked_parameters
 
   # --- the draws ---------------------------------------------------------------------------
 
@@ -151,9 +152,13 @@ class Augmented(base.Problem):
     return {key: np.asarray(value) for key, value in data.items()}
 
   def initial_params(self, seed, data):
-    """θ′₀ = θ₀ / s with the inner task's init θ₀ (from `seed`) and the scales in `data`."""
+    """θ′₀ = θ₀ / s with the inner task's init θ₀ (from `seed` and its own data: a family's
+    instance initialises by its drawn sizes) and the scales in `data`."""
     return [(theta / scale).astype(np.float32) for theta, scale in
-            zip(self.inner.init_params(seed), self.scales_of(data))]
+            zip(self.inner.initial_params(seed, self.inner_data(data)), self.scales_of(data))]
+
+  def parameter_masks(self, data):
+    return self.inner.parameter_masks(self.inner_data(data))
 
   def init_params(self, seed):
     """θ′₀ for the instance whose data seed is also `seed` (see the module docstring)."""
@@ -187,8 +192,13 @@ class Augmented(base.Problem):
     noise_seed = base.step_stream(seed, AUGMENT_NOISE_STREAM)
     level = batch[PREFIX + "gradient_noise"]
     noisy = []
-    for index, grad in enumerate(grads):
-      rms = tf.stop_gradient(tf.sqrt(tf.reduce_mean(tf.square(grad))))
+    masks = self.parameter_masks(batch) or [None] * len(grads)
+    for index, (grad, mask) in enumerate(zip(grads, masks)):
+      if mask is None:
+        rms = tf.stop_gradient(tf.sqrt(tf.reduce_mean(tf.square(grad))))
+      else:   # over the instance's own entries, where the inner task masks some (a family)
+        rms = tf.stop_gradient(tf.sqrt(tf.reduce_sum(tf.square(grad))
+                                       / tf.maximum(tf.reduce_sum(mask), 1.0)))
       noisy.append(grad + level * rms * base.standard_normal(
           grad.shape, base.step_stream(noise_seed, index)))
     return loss_scale * inner_loss, noisy

@@ -156,6 +156,9 @@ class Problem:
     # (meta/unroll.py `Unroller._plan`): a network's loss graph is large, and a group of them
     # multiplies the compile and the per-step cost of every member.
     self.compile_alone = family == NEURAL_NETWORK
+    # Whether `parameter_masks` can mask entries (problems/net_families.py); static, so that
+    # meta/unroll.py knows at trace time.
+    self.masked_parameters = False
     self.noise_stdev = float(noise_stdev)
     self.transform = transform
     self.minimum = float(minimum)
@@ -205,6 +208,17 @@ class Problem:
     would change the loss. meta/unroll.py then runs them through one branch of a size
     group's compiled function (`_branch_key`); tests/test_unroll_buckets.py checks the promise
     for every default problem that makes it.
+    """
+    return None
+
+  def parameter_masks(self, data: Mapping[str, tf.Tensor]) -> list[tf.Tensor] | None:
+    """Per-instance masks of the parameters (float32 tensors of the parameter shapes, made from
+    `data` with TF ops), or None (default: every entry is a parameter).
+
+    An entry masked 0 is not a parameter of this instance (problems/net_families.py: a
+    family's instance runs at the family's maximum shapes): it starts at zero, its gradient is
+    zero, and meta/unroll.py keeps it out of the optimizer (no update, not part of any
+    per-tensor or problem-wide statistic; a tensor with no entry left is no tensor).
     """
     return None
 
