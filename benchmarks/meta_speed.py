@@ -63,6 +63,8 @@ def define_flags():
                     "each pinned to its own core (compare timings only within one machine).")
   flags.DEFINE_float("release_memory_every_secs", None, "--breakdown: the trainer's "
                      "--release_memory_every_secs (default: the trainer's own).")
+  flags.DEFINE_enum("meta_loss", "full", ["full", "batch"], "--breakdown: the trainer's "
+                    "--meta_loss (network tasks: batch, their recipe).")
   flags.DEFINE_float("sample_memory_every_secs", 30.0, "--breakdown: how often each variant "
                      "samples its resident set and C heap (the table shows every 5 minutes).")
   flags.DEFINE_string("child", "", "Internal: run one breakdown variant and print JSON.")
@@ -290,6 +292,7 @@ def _child(spec: str) -> None:
   extra = {}
   if args["compile_by"]:
     extra["compile_by"] = args["compile_by"]
+  extra["meta_loss"] = args.get("meta_loss", "full")
   if args.get("release_memory_every_secs") is not None:
     extra["release_memory_every_secs"] = args["release_memory_every_secs"]
   with tempfile.TemporaryDirectory() as train_dir:
@@ -315,6 +318,7 @@ def _child(spec: str) -> None:
         "ledger": dict(profile.LEDGER.seconds), "ledger_counts": dict(profile.LEDGER.counts),
         "peak_rss_mb": _rss_mb("VmHWM"), "final_rss_mb": _rss_mb("VmRSS"),
         "release_memory_every_secs": options.release_memory_every_secs,
+        "meta_loss": options.meta_loss,
         "memory_series": sampler.stop(),
         "split": _compile_split(args["split"], args["compile_by"] or "bucket",
                                 args["problems"]),
@@ -406,6 +410,7 @@ def _breakdown() -> None:
         spec = json.dumps({"compile_by": compile_by, "problems": FLAGS.train_problems,
                            "seconds": FLAGS.seconds, "split": split,
                            "release_memory_every_secs": FLAGS.release_memory_every_secs,
+                           "meta_loss": FLAGS.meta_loss,
                            "sample_memory_every_secs": FLAGS.sample_memory_every_secs})
         runs.append({"label": label, "cwd": cwd, "env": env, "commit": commit,
                      "cmd": [sys.executable, "-m", "benchmarks.meta_speed", "--child", spec]})
@@ -521,6 +526,8 @@ def _breakdown_table(results) -> str:
     row(f"  {cat} (s, % of wall)", lambda r, c=cat: f"{r['ledger'].get(c, 0.0):.1f} "
         f"({100 * r['ledger'].get(c, 0.0) / r['wall_secs']:.0f} %)")
   row("  other: process start, imports, setup, logging (s)", lambda r: f"{r['wall_secs'] - sum(r['ledger'].values()):.1f}")
+  row("problem set (--problems), --meta_loss", lambda r: f"{r.get('problems', 'default')}, "
+      f"{r.get('meta_loss', 'full')}")
   row("compiled unroll functions", lambda r: str(r["compiled_functions"]))
   row("problems run", lambda r: str(r["problems_seen"]))
   row("meta-steps", lambda r: str(r["meta_steps"]))

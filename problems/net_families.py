@@ -23,9 +23,8 @@ round-off, loss, gradient and optimizer trajectory):
   * layer norm takes masked means over the real units; batch norm is per unit anyway;
   * softmax logits past the outputs are -1e9 (probability exactly 0), and the sigmoid and
     squared-error losses are masked means over the real outputs;
-  * activation, normalisation and loss are chosen by one-hot data entries with `tf.where`,
-    so the graph holds all of them (six activations and three normalisations per layer,
-    three losses: elementwise work, small beside the optimizer's per-parameter cost).
+  * activation, normalisation and loss are chosen by one-hot data entries through
+    `tf.switch_case`: the graph holds all of them, an instance computes its own only.
 
 Cost: the optimizer runs over the family's maximum parameter count whatever the instance
 draws, so the families keep their ranges narrow (widths within 2x, depths within 4/3x): an
@@ -218,34 +217,41 @@ class MLPFamily(net_tasks.NetTask):
     p = self.named(params)
     units = tf.cast(batch[S + "units"], tf.float32)
     layers = tf.cast(batch[S + "layers"], tf.float32)
-    act = tf.cast(batch[S + "act"], tf.float32)
-    norm = tf.cast(batch[S + "norm"], tf.float32)
+    act = tf.argmax(batch[S + "act"], output_type=tf.int32)
+    norm = tf.argmax(batch[S + "norm"], output_type=tf.int32)
     h = batch["x"]
     for layer in range(self.max_depth):
       z = tf.matmul(h, p[f"h{layer}/w"]) + p[f"h{layer}/b"]
-      gain, beta = p[f"h{layer}/gain"], p[f"h{layer}/beta"]
-      batch_normed = net_tasks.normalise(z, "batch", gain, beta)
-      mean = tf.reduce_sum(z * units, axis=-1, keepdims=True) / tf.reduce_sum(units)
-      variance = (tf.reduce_sum(tf.square(z - mean) * units, axis=-1, keepdims=True)
-                  / tf.reduce_sum(units))
-      layer_normed = ((z - mean) * tf.math.rsqrt(variance + net_tasks.NORM_EPSILON) * gain
-                      + beta)
-      z = tf.where(norm[1] > 0, batch_normed, tf.where(norm[2] > 0, layer_normed, z))
-      a = z
-      for index, name in enumerate(net_tasks.ACTIVATIONS):
-        a = tf.where(act[index] > 0, net_tasks.activation(name, z), a)
-      a = a * units
+      z = tf.switch_case(norm, self._norms(z, units, p[f"h{layer}/gain"], p[f"h{layer}/beta"]))
+      a = tf.switch_case(act, [lambda name=name: net_tasks.activation(name, z)
+                               for name in net_tasks.ACTIVATIONS]) * units
       h = a if layer == 0 else tf.where(layers[layer] > 0, a, h)
     out = tf.matmul(h, p["out/w"]) + p["out/b"]
     outputs = tf.cast(batch[S + "outputs"], tf.float32)
-    loss_kind = tf.cast(batch[S + "loss"], tf.float32)
-    softmax = net_tasks.softmax_cross_entropy(
-        tf.where(outputs > 0, out, MASKED_LOGIT), batch["labels"])
     count = tf.cast(tf.shape(out)[0], tf.float32) * tf.reduce_sum(outputs)
-    sigmoid = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
-        labels=batch["targets"], logits=out) * outputs) / count
-    squared = tf.reduce_sum(tf.square(out - batch["targets"]) * outputs) / count
-    return tf.where(loss_kind[0] > 0, softmax, tf.where(loss_kind[1] > 0, sigmoid, squared))
+
+    def softmax():
+      return net_tasks.softmax_cross_entropy(tf.where(outputs > 0, out, MASKED_LOGIT),
+                                             batch["labels"])
+
+    def sigmoid():
+      return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
+          labels=batch["targets"], logits=out) * outputs) / count
+
+    def squared():
+      return tf.reduce_sum(tf.square(out - batch["targets"]) * outputs) / count
+    return tf.switch_case(tf.argmax(batch[S + "loss"], output_type=tf.int32),
+                          [softmax, sigmoid, squared])
+
+  @staticmethod
+  def _norms(z, units, gain, beta) -> list:
+    """none, batch norm, layer norm (masked means over the real units) of z, as branches."""
+    def layer_norm():
+      count = tf.reduce_sum(units)
+      mean = tf.reduce_sum(z * units, axis=-1, keepdims=True) / count
+      variance = tf.reduce_sum(tf.square(z - mean) * units, axis=-1, keepdims=True) / count
+      return (z - mean) * tf.math.rsqrt(variance + net_tasks.NORM_EPSILON) * gain + beta
+    return [lambda: z, lambda: net_tasks.normalise(z, "batch", gain, beta), layer_norm]
 
 
 def families() -> list[MLPFamily]:
