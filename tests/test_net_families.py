@@ -212,3 +212,23 @@ def test_netfam_set_is_one_function_per_family():
   unroller = unroll_lib.Unroller(CONFIG, max_steps=8, compile_by="bucket", problems=pool)
   assert unroller.num_groups() == len(FAMILIES)
   assert problems.get(pool[0].name) is pool[0]
+
+
+def test_adam_trains_an_instance_of_every_family():
+  for family in FAMILIES:
+    data = {k: tf.constant(v) for k, v in family.sample_data(6).items()}
+    variables = [tf.Variable(p) for p in family.initial_params(6, data)]
+    adam = tf.keras.optimizers.Adam(3e-3)
+    before = float(family.full_loss(variables, data))
+    for step in range(150):
+      _, grads = family.gradients(variables, data, tf.constant([step, 1]))
+      adam.apply_gradients(zip(grads, variables))
+    after = float(family.full_loss(variables, data))
+    assert np.isfinite(after) and after < 0.9 * before, (family.name, before, after)
+
+
+def test_listing(capsys):
+  from problems import __main__ as listing
+  assert listing.main(["--list", "--netfam", "--samples", "2"]) == 0
+  out = capsys.readouterr().out
+  assert all(family.name in out for family in FAMILIES) and "seed 1:" in out

@@ -152,7 +152,8 @@ def test_no_task_reads_files(monkeypatch):
   """Data, init and losses are generated: any open() during them fails the test."""
   def refuse(*args, **kwargs):
     raise AssertionError(f"file access during task generation: {args[:1]}")
-  every = problems.nets_problems()   # each samples its inner task's data and init too
+  # Each samples its inner task's data and init too; the MLP families draw their structure.
+  every = problems.nets_problems() + problems.netfam_problems()
   monkeypatch.setattr(builtins, "open", refuse)
   monkeypatch.setattr(io, "open", refuse)
   monkeypatch.setattr(os, "open", refuse)
@@ -348,7 +349,7 @@ def _run_script(args, timeout=900):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["nets", "mix:0.7"])
+@pytest.mark.parametrize("spec", ["nets", "mix:0.7", "netfam"])
 def test_train_meta_runs_resumes_and_exports(spec, tmp_path):
   from learned_opt import weights as weights_lib
   # One trajectory of 5 partial unrolls: one problem, compiled once per process.
