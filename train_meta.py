@@ -191,9 +191,6 @@ flags.DEFINE_float("max_memory_gb", _D.max_memory_gb, "Resident memory (GB) this
                    "hold before it checkpoints and continues in a fresh one (XLA never frees a "
                    "compiled function; a network structure holds ~0.7 GB). 0: half of the "
                    "machine's physical memory.")
-flags.DEFINE_float("release_memory_every_secs", _D.release_memory_every_secs, "Return freed C "
-                   "heap to the operating system (malloc_trim) every this many seconds, as "
-                   "well as after every meta-step that compiled (0: only then).")
 flags.DEFINE_integer("validate_every", _D.validate_every, "Run the validation suite "
                      "(meta/validation.py) every N meta-steps and keep exports/best.npz by its "
                      "score (mean ln(final loss / Adam(2e-3)), lower is better). 0: off.")

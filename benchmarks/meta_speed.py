@@ -61,8 +61,6 @@ def define_flags():
                       "(each runs from a temporary checkout of that commit; empty: this tree).")
   flags.DEFINE_bool("side_by_side", False, "--breakdown: run the variants at the same time, "
                     "each pinned to its own core (compare timings only within one machine).")
-  flags.DEFINE_float("release_memory_every_secs", None, "--breakdown: the trainer's "
-                     "--release_memory_every_secs (default: the trainer's own).")
   flags.DEFINE_enum("meta_loss", "full", ["full", "batch"], "--breakdown: the trainer's "
                     "--meta_loss (network tasks: batch, their recipe).")
   flags.DEFINE_float("sample_memory_every_secs", 30.0, "--breakdown: how often each variant "
@@ -293,8 +291,6 @@ def _child(spec: str) -> None:
   if args["compile_by"]:
     extra["compile_by"] = args["compile_by"]
   extra["meta_loss"] = args.get("meta_loss", "full")
-  if args.get("release_memory_every_secs") is not None:
-    extra["release_memory_every_secs"] = args["release_memory_every_secs"]
   with tempfile.TemporaryDirectory() as train_dir:
     options = trainer_lib.Options(
         train_dir=train_dir, config="stable", problems=args["problems"], meta_l2=0.1,
@@ -321,7 +317,6 @@ def _child(spec: str) -> None:
         "problems_seen": len(trainer.unroller),
         "ledger": dict(profile.LEDGER.seconds), "ledger_counts": dict(profile.LEDGER.counts),
         "peak_rss_mb": peak_rss, "final_rss_mb": final_rss,
-        "release_memory_every_secs": options.release_memory_every_secs,
         "meta_loss": options.meta_loss,
         "memory_series": series,
         "split": _compile_split(args["split"], args["compile_by"] or "bucket",
@@ -413,7 +408,6 @@ def _breakdown() -> None:
           label = f"{revision} ({commit[:7]})" + ("" if label == "default" else f" {label}")
         spec = json.dumps({"compile_by": compile_by, "problems": FLAGS.train_problems,
                            "seconds": FLAGS.seconds, "split": split,
-                           "release_memory_every_secs": FLAGS.release_memory_every_secs,
                            "meta_loss": FLAGS.meta_loss,
                            "sample_memory_every_secs": FLAGS.sample_memory_every_secs})
         runs.append({"label": label, "cwd": cwd, "env": env, "commit": commit,
@@ -541,9 +535,10 @@ def _breakdown_table(results) -> str:
   row("first meta-step after process start (s)", lambda r: f"{r['first_meta_step_secs']:.1f}")
   row("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}")
   row("final RSS (MB)", lambda r: f"{r['final_rss_mb']:.0f}")
-  row("heap returned to the OS every (s; 0: after compiles only)",
-      lambda r: f"{r['release_memory_every_secs']:g}" if "release_memory_every_secs" in r
-      else "(after compiles only)")
+  if any("release_memory_every_secs" in r for r in results):   # twelfth session's runs
+    row("heap returned to the OS every (s; 0: after compiles only)",
+        lambda r: f"{r['release_memory_every_secs']:g}" if "release_memory_every_secs" in r
+        else "(after compiles only)")
   out = "\n".join(lines)
   out += _memory_series_table(results)
   split_lines = ["", "", "One problem's first compile, split (seconds): trace | TF->HLO lowering | "

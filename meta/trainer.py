@@ -146,10 +146,6 @@ class Options:
   # --problems nets run grows by that with every structure it draws, and was OOM-killed at
   # 23 GB. Checked after a meta-step that compiled something. 0: half of physical memory.
   max_memory_gb: float = 0.0
-  # Freed C heap goes back to the operating system (malloc_trim) after every meta-step that
-  # compiled, and also every this many seconds (0: only after compiles). Without the periodic
-  # call a cold hour on the default set grew from 2.8 to 3.0 GB after its last compile.
-  release_memory_every_secs: float = 120.0
   # Validation suite (meta/validation.py): every N meta-steps (0: off), keeping
   # exports/best.npz by its score; steps per validation task.
   validate_every: int = 0
@@ -176,8 +172,6 @@ class Options:
          f"--summary_every_steps must be >= 1, got {self.summary_every_steps}")
     need(self.max_memory_maps >= 0,
          f"--max_memory_maps must be >= 0 (0: automatic), got {self.max_memory_maps}")
-    need(self.release_memory_every_secs >= 0, "--release_memory_every_secs must be >= 0 "
-         f"(0: only after compiles), got {self.release_memory_every_secs}")
     need(self.max_memory_gb >= 0,
          f"--max_memory_gb must be >= 0 (0: automatic), got {self.max_memory_gb}")
     need(self.num_unrolls_scale >= 0, "--num_unrolls_scale must be >= 0")
@@ -268,8 +262,9 @@ def resolve_problem_set(spec: str) -> tuple[list, np.ndarray | None]:
   """(pool, sampling probabilities or None for uniform) of a --problems spec.
 
   "paper" (alias "default": the 109 problems of seed paper 1), "nets" (problems/net_tasks.py
-  under task augmentation), "netfam" (problems/net_families.py under task augmentation), "mix" / "mix:R" (both; a fraction R of the draws, default 0.5,
-  are nets, each set uniform inside), "all" (paper + off-by-default problems), or a
+  under task augmentation), "netfam" (problems/net_families.py under task augmentation),
+  "mix" / "mix:R" (paper and nets; a fraction R of the draws, default 0.5, are nets, each set
+  uniform inside), "all" (paper + off-by-default problems), or a
   comma-separated list of problem names and family names.
   """
   if spec in ("default", "paper"):
@@ -753,7 +748,6 @@ class Trainer:
     coordinator = (tf.distribute.experimental.coordinator.ClusterCoordinator(self.strategy)
                    if self.is_ps else None)
     last_save_time, last_save_step = time.time(), self.step
-    last_release = time.time()
     wall_start, wall_base = time.time(), float(self.train_state.wall_time.numpy())
     # From the previous run() call, or from the process start (imports, tracing, compiles).
     cpu_start, cpu_base = self._cpu_mark, float(self.train_state.cpu_time.numpy())
@@ -786,10 +780,8 @@ class Trainer:
           self.save()
           last_save_time, last_save_step = time.time(), self.step
         newly_compiled = self.estimator.num_compiled() != compiled
-        if newly_compiled or (o.release_memory_every_secs and
-                              time.time() - last_release >= o.release_memory_every_secs):
+        if newly_compiled:
           release_free_memory()
-          last_release = time.time()
         over = (self._over_budget() if newly_compiled
                 and self.can_hand_over and self.step < o.max_steps else None)
         if over:

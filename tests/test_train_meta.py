@@ -302,17 +302,6 @@ def test_release_free_memory_returns_freed_heap_to_the_system():
   del pinned
 
 
-@pytest.mark.parametrize("every, expected", [(0.0, 1), (1e-9, 4)])
-def test_trainer_returns_freed_heap_periodically(tmp_path, monkeypatch, every, expected):
-  """After the meta-step that compiled, and, with --release_memory_every_secs, on schedule."""
-  calls = []
-  monkeypatch.setattr(trainer_lib, "release_free_memory", lambda: calls.append(1) or True)
-  trainer = trainer_lib.Trainer(_fast_options(tmp_path / "run", max_steps=4,
-                                              release_memory_every_secs=every))
-  trainer.run()
-  assert len(calls) == expected
-
-
 def test_low_memory_map_limit_is_warned_up_front(tmp_path, monkeypatch, caplog):
   monkeypatch.setattr(trainer_lib, "memory_map_limit", lambda: 65530)
   with caplog.at_level(logging.WARNING, logger="train_meta"):
@@ -474,7 +463,6 @@ def test_checkpoint_from_before_cpu_time_resumes(tmp_path):
     ({"max_unroll_steps": 5}, "--max_unroll_steps"),
     ({"keep_checkpoints": 0}, "--keep_checkpoints"),
     ({"max_memory_gb": -1.0}, "--max_memory_gb"),
-    ({"release_memory_every_secs": -1.0}, "--release_memory_every_secs"),
     ({"summary_every_steps": 0}, "--summary_every_steps"),
     ({"tbptt_tasks": 0}, "--tbptt_tasks"),
     ({"tbptt_tasks": 2, "estimator": "pes"}, "--tbptt_tasks 2 needs"),
