@@ -366,7 +366,7 @@ class PES:
 
   def _args(self, entry, inputs):
     return (inputs, tf.constant(entry["num_steps"], tf.int32),
-            tf.constant(entry["seed"], tf.int32), tf.constant(entry["task"].noise_seed, tf.int32))
+            tf.constant(entry["seed"], tf.int32), tf.constant(np.asarray(entry["task"].noise_seed, np.int32)))
 
   # --- one meta-step --------------------------------------------------------------------
 
