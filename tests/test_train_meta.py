@@ -302,16 +302,30 @@ def test_release_free_memory_returns_freed_heap_to_the_system():
   del pinned
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_per_step_scalars_do_not_fill_tfs_scalar_cache(tmp_path, monkeypatch):
   """TF keeps the tensor of every distinct Python float it converts (~0.7 KB each, for the life
   of the process); the trainer hands it 0-d arrays instead (`_array`), at every meta-step."""
+  import ctypes
+  class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+  except (OSError, AttributeError):
+    pytest.skip("needs glibc's mallinfo2")
+
+  def in_use():   # heap in use, not RSS: freed heap left by earlier tests hides RSS growth
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
   variable = tf.Variable(0.0, dtype=tf.float64)
   def growth(convert):
-    before = trainer_lib.process_memory_bytes()
+    before = in_use()
     for i in range(20_000):
       variable.assign(convert(1e6 + i * 1e-3))
-    return (trainer_lib.process_memory_bytes() - before) / 2**20
+    return (in_use() - before) / 2**20
   assert growth(trainer_lib._array) < 3.0              # pylint: disable=protected-access
   assert growth(float) > 8.0     # TF's cache, the reason for _array (if this fails, TF fixed it)
   calls = []
