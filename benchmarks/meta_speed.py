@@ -232,20 +232,10 @@ def _rss_mb(field: str) -> float:
 
 
 def _heap_mb() -> tuple[float, float]:
-  """(in use, free) MB of glibc's heap (mallinfo2: small and large blocks); NaN without it."""
-  import ctypes
-
-  class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    info = libc.mallinfo2()
-  except (OSError, AttributeError):
-    return float("nan"), float("nan")
-  return (info.uordblks + info.hblkhd) / 2**20, info.fordblks / 2**20
+  """(in use, free) MB of glibc's heap; NaN without mallinfo2."""
+  from meta import trainer as trainer_lib
+  heap = trainer_lib.heap_bytes()
+  return (float("nan"), float("nan")) if heap is None else (heap[0] / 2**20, heap[1] / 2**20)
 
 
 class _MemorySampler:

@@ -355,6 +355,25 @@ def process_memory_bytes(field: str = "VmRSS") -> int | None:
   return None
 
 
+def heap_bytes() -> tuple[int, int] | None:
+  """(in use, free) bytes of glibc's heap (mallinfo2: small and large blocks), or None where
+  that is not available. Unlike the resident set, "in use" does not hide growth in freed heap
+  that is reused."""
+  import ctypes   # pylint: disable=import-outside-toplevel
+
+  class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+  except (OSError, AttributeError):
+    return None
+  return int(info.uordblks + info.hblkhd), int(info.fordblks)
+
+
 def release_free_memory() -> bool:
   """Returns memory the C heap has freed to the operating system (glibc's malloc_trim); False
   where that is not available. An XLA compile frees about as much as its executable keeps

@@ -305,20 +305,11 @@ def test_release_free_memory_returns_freed_heap_to_the_system():
 def test_per_step_scalars_do_not_fill_tfs_scalar_cache(tmp_path, monkeypatch):
   """TF keeps the tensor of every distinct Python float it converts (~0.7 KB each, for the life
   of the process); the trainer hands it 0-d arrays instead (`_array`), at every meta-step."""
-  import ctypes
-  class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-  except (OSError, AttributeError):
+  if trainer_lib.heap_bytes() is None:
     pytest.skip("needs glibc's mallinfo2")
 
   def in_use():   # heap in use, not RSS: freed heap left by earlier tests hides RSS growth
-    info = libc.mallinfo2()
-    return info.uordblks + info.hblkhd
+    return trainer_lib.heap_bytes()[0]
 
   variable = tf.Variable(0.0, dtype=tf.float64)
   def growth(convert):
