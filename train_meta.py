@@ -92,8 +92,8 @@ flags.DEFINE_string("problems", _D.problems,
                     "'nets' (43 small networks on generated data, with task augmentation; "
                     "python -m problems --list --nets), 'netfam' (5 MLP families whose "
                     "instances draw their own sizes and structure, one compiled function per "
-                    "family, with task augmentation), 'mix' or 'mix:R' (paper and nets, a fraction R "
-                    "of the draws nets; mix = mix:0.5), 'all' (paper + off-by-default "
+                    "family, with task augmentation), 'mix' or 'mix:R' (paper and nets, a "
+                    "fraction R of the draws nets; mix = mix:0.5), 'all' (paper + off-by-default "
                     "problems), or a comma-separated list of problem names and family names "
                     "(python -m problems --list).")
 flags.DEFINE_integer("max_steps", _D.max_steps, "Total meta-steps (= partial unrolls = "

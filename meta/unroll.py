@@ -204,11 +204,9 @@ def _problem_target(problem, data, meta_loss: str = "full") -> _Target:
   layout = hrnn.Layout(problem.param_shapes())
   segments, mask = hrnn.Segments.from_layout(layout), None
   if problem.masked_parameters:
-    t = layout.num_tensors
     mask = _flat_parameter_mask(problem, layout, data, layout.total)
-    segments = _masked_segments(
-        tf.constant(np.repeat(np.arange(t, dtype=np.int32), layout.sizes)),
-        tf.ones([layout.total]), tf.ones([t]), mask)
+    segments = _masked_segments(segments.ids, tf.ones([layout.total]),
+                                tf.ones([layout.num_tensors]), mask)
 
   def gradients(flat, step_seed):
     loss, grads = problem.gradients(layout.unflatten(flat), data, step_seed)

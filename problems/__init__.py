@@ -106,18 +106,23 @@ def nets_problems() -> list[Problem]:
 def _netfam() -> tuple[Problem, ...]:
   families = net_families.families()
   _check_unique(list(_all()) + list(_nets()) + families)
-  return tuple(families) + tuple(augment.Augmented(family) for family in families)
+  return tuple(families)
+
+
+@functools.cache
+def _netfam_augmented() -> tuple[Problem, ...]:
+  return tuple(augment.Augmented(family) for family in _netfam())
 
 
 def netfam_problems() -> list[Problem]:
   """The `netfam` meta-training set: every MLP family under task augmentation."""
-  return [p for p in _netfam() if isinstance(p, augment.Augmented)]
+  return list(_netfam_augmented())
 
 
 @functools.cache
 def _by_name() -> dict[str, Problem]:
   return {problem.name: problem
-          for problem in _all() + _nets() + _nets_augmented() + _netfam()}
+          for problem in _all() + _nets() + _nets_augmented() + _netfam() + _netfam_augmented()}
 
 
 def get(name: str) -> Problem:

@@ -154,8 +154,9 @@ class Augmented(base.Problem):
   def initial_params(self, seed, data):
     """θ′₀ = θ₀ / s with the inner task's init θ₀ (from `seed` and its own data: a family's
     instance initialises by its drawn sizes) and the scales in `data`."""
-    return [(theta / scale).astype(np.float32) for theta, scale in
-            zip(self.inner.initial_params(seed, self.inner_data(data)), self.scales_of(data))]
+    inner = self.inner.initial_params(seed, self.inner_data(data))
+    return [(theta / scale).astype(np.float32)
+            for theta, scale in zip(inner, self.scales_of(data))]
 
   def parameter_masks(self, data):
     return self.inner.parameter_masks(self.inner_data(data))

@@ -365,8 +365,11 @@ class PES:
                          meta_loss=self.options.meta_loss, group=group)
 
   def _args(self, entry, inputs):
+    # The noise seed as an array: TF keeps a tensor for every distinct Python int it converts
+    # (meta/trainer.py `_array`), and each trajectory has its own.
     return (inputs, tf.constant(entry["num_steps"], tf.int32),
-            tf.constant(entry["seed"], tf.int32), tf.constant(np.asarray(entry["task"].noise_seed, np.int32)))
+            tf.constant(entry["seed"], tf.int32),
+            tf.constant(np.asarray(entry["task"].noise_seed, np.int32)))
 
   # --- one meta-step --------------------------------------------------------------------
 
