@@ -76,6 +76,9 @@ class Options:
   config: str = "paper"
   problems: str = "default"
   max_steps: int = 100_000
+  # Stop (checkpointed) once the run's recorded CPU time reaches this many hours; counted
+  # across resumes and hand-overs, like max_steps. 0: no limit.
+  max_cpu_hours: float = 0.0
   # Unroll distributions. Reference: num_unrolls_scale 40, min_num_unrolls 1,
   # unroll_steps_scale 200, min_unroll_steps 50. Defaults are ~10x smaller for a CPU.
   num_unrolls_scale: float = 5.0
@@ -168,6 +171,7 @@ class Options:
     need(self.config in config_lib.PRESETS,
          f"--config must be one of {sorted(config_lib.PRESETS)}, got {self.config!r}")
     need(self.max_steps >= 0, f"--max_steps must be >= 0, got {self.max_steps}")
+    need(self.max_cpu_hours >= 0, f"--max_cpu_hours must be >= 0, got {self.max_cpu_hours}")
     need(self.summary_every_steps >= 1,
          f"--summary_every_steps must be >= 1, got {self.summary_every_steps}")
     need(self.max_memory_maps >= 0,
@@ -264,7 +268,7 @@ def resolve_problem_set(spec: str) -> tuple[list, np.ndarray | None]:
   "paper" (alias "default": the 109 problems of seed paper 1), "nets" (problems/net_tasks.py
   under task augmentation), "netfam" (problems/net_families.py under task augmentation),
   "mix" / "mix:R" (paper and nets; a fraction R of the draws, default 0.5, are nets, each set
-  uniform inside), "all" (paper + off-by-default problems), or a
+  uniform inside), "mixfam" / "mixfam:R" (the same with netfam for nets), "all" (paper + off-by-default problems), or a
   comma-separated list of problem names and family names.
   """
   if spec in ("default", "paper"):
@@ -275,15 +279,18 @@ def resolve_problem_set(spec: str) -> tuple[list, np.ndarray | None]:
     return problems_lib.nets_problems(), None
   if spec == "netfam":
     return problems_lib.netfam_problems(), None
-  if spec == "mix" or spec.startswith("mix:"):
+  for name, networks in (("mix", problems_lib.nets_problems), ("mixfam", problems_lib.netfam_problems)):
+    if spec != name and not spec.startswith(name + ":"):
+      continue
     try:
-      ratio = float(spec[4:]) if spec != "mix" else 0.5
+      ratio = float(spec[len(name) + 1:]) if spec != name else 0.5
     except ValueError:
       ratio = math.nan
     if not 0.0 < ratio < 1.0:
-      raise ValueError(f"--problems {spec!r}: the nets fraction R of mix:R must be a number "
-                       "strictly between 0 and 1 (use 'paper' or 'nets' for 0 or 1)")
-    paper, nets = problems_lib.default_problems(), problems_lib.nets_problems()
+      raise ValueError(f"--problems {spec!r}: the networks fraction R of {name}:R must be a "
+                       "number strictly between 0 and 1 (use 'paper', 'nets' or 'netfam' for "
+                       "0 or 1)")
+    paper, nets = problems_lib.default_problems(), networks()
     weights = np.array([(1.0 - ratio) / len(paper)] * len(paper) + [ratio / len(nets)] * len(nets))
     return paper + nets, weights / weights.sum()
   chosen = []
@@ -776,7 +783,7 @@ class Trainer:
                "strategy %s", self.step, o.max_steps, len(self.pool), self.num_replicas,
                o.strategy)
     try:
-      while (self.step < o.max_steps and not self.stop_requested
+      while (self.step < o.max_steps and not self.stop_requested and not self._cpu_spent()
              and (stop_after is None or done_here < stop_after)
              and (stop_after_secs is None or time.time() - wall_start < stop_after_secs)):
         compiled = self.estimator.num_compiled()
@@ -819,6 +826,15 @@ class Trainer:
     if o.export and self.chief and not self.needs_fresh_process:
       self.export(o.export)
     return last_info
+
+  def _cpu_spent(self) -> bool:
+    """Whether the run's recorded CPU time has reached --max_cpu_hours."""
+    limit = self.options.max_cpu_hours
+    spent = limit > 0 and float(self.train_state.cpu_time.numpy()) >= limit * 3600.0
+    if spent and self.chief:
+      log.info("the run's CPU time reached --max_cpu_hours %g: stopping at meta-step %d",
+               limit, self.step)
+    return spent
 
   def _over_budget(self) -> str | None:
     """What this process holds beyond --max_memory_maps or --max_memory_gb, if anything."""
