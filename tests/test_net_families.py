@@ -215,6 +215,34 @@ def test_netfam_set_is_one_function_per_family():
   assert problems.get(pool[0].name) is pool[0]
 
 
+def test_mixfam_set_mixes_the_paper_set_with_the_families():
+  paper, _ = trainer_lib.resolve_problem_set("paper")
+  netfam, _ = trainer_lib.resolve_problem_set("netfam")
+  for spec, ratio in (("mixfam", 0.5), ("mixfam:0.4", 0.4)):
+    pool, weights = trainer_lib.resolve_problem_set(spec)
+    assert pool == paper + netfam and len(weights) == len(pool)
+    assert abs(weights.sum() - 1.0) < 1e-12 and abs(weights[len(paper):].sum() - ratio) < 1e-12
+  for spec in ("mixfam:1", "mixfam:0", "mixfam:x"):
+    with pytest.raises(ValueError, match="mixfam:R"):
+      trainer_lib.resolve_problem_set(spec)
+
+
+@pytest.mark.parametrize("estimator, extra", [("pes", {}), ("tbptt", {"tbptt_tasks": 4})])
+def test_population_estimators_draw_at_the_mix_ratio(tmp_path, estimator, extra):
+  """PES and the TBPTT population draw their tasks with the set's weights (until the thirteenth
+  session both drew uniformly over the pool, so mixfam:0.4 gave the families 5 of 114 draws)."""
+  trainer = trainer_lib.Trainer(trainer_lib.Options(
+      train_dir=str(tmp_path / "run"), problems="mixfam:0.4", estimator=estimator, seed=3,
+      config="annealed", **extra))
+  if estimator == "pes":
+    draws = [trainer.estimator._new_task(None).problem for _ in range(2000)]  # pylint: disable=protected-access
+  else:
+    sampler = trainer.estimator._single_sampler()  # pylint: disable=protected-access
+    draws = [sampler.next_trajectory(None).problem for _ in range(2000)]
+  fraction = np.mean(["netfam" in name for name in draws])
+  assert abs(fraction - 0.4) < 0.04, fraction
+
+
 @pytest.mark.parametrize("family", [FAMILIES[0]] + [
     pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES[1:]], ids=lambda f: f.name)
 def test_adam_trains_an_instance_of_every_family(family):

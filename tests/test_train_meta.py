@@ -480,6 +480,21 @@ def test_checkpoint_from_before_cpu_time_resumes(tmp_path):
              for v in trainer.meta.variables_by_name.values())
 
 
+def test_max_cpu_hours_stops_the_run_checkpointed(tmp_path):
+  """--max_cpu_hours ends a run once its recorded CPU time reaches the budget, checkpointed,
+  and a resume with a larger budget goes on from there."""
+  trainer = trainer_lib.Trainer(_fast_options(tmp_path / "run", max_cpu_hours=1e-6))
+  trainer.run()
+  assert trainer.step == 1 and float(trainer.train_state.cpu_time.numpy()) >= 1e-6 * 3600
+  assert int(trainer.manager.latest_checkpoint.rsplit("-", 1)[1]) == 1
+  resumed = trainer_lib.Trainer(_fast_options(tmp_path / "run", max_cpu_hours=1e-6))
+  resumed.run()
+  assert resumed.step == 1   # already spent: nothing more
+  more = trainer_lib.Trainer(_fast_options(tmp_path / "run", max_cpu_hours=10.0, max_steps=3))
+  more.run()
+  assert more.step == 3
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"strategy": "nccl"}, "--strategy"),
     ({"config": "fancy"}, "--config"),
@@ -488,6 +503,7 @@ def test_checkpoint_from_before_cpu_time_resumes(tmp_path):
     ({"max_unroll_steps": 5}, "--max_unroll_steps"),
     ({"keep_checkpoints": 0}, "--keep_checkpoints"),
     ({"max_memory_gb": -1.0}, "--max_memory_gb"),
+    ({"max_cpu_hours": -1.0}, "--max_cpu_hours"),
     ({"summary_every_steps": 0}, "--summary_every_steps"),
     ({"tbptt_tasks": 0}, "--tbptt_tasks"),
     ({"tbptt_tasks": 2, "estimator": "pes"}, "--tbptt_tasks 2 needs"),

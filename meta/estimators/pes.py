@@ -297,7 +297,7 @@ class PES:
 
   def _new_task(self, previous: Task | None) -> Task:
     o = self.options
-    problem = problems_lib.sample(self.rng, self.trainer.pool).name
+    problem = problems_lib.sample(self.rng, self.trainer.pool, self.trainer.weights).name
     data_seed, init_seed = _int_seed(self.rng), _int_seed(self.rng)
     length = int(round(math.exp(self.rng.uniform(math.log(o.trajectory_min_steps),
                                                  math.log(o.trajectory_max_steps)))))

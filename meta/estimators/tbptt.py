@@ -299,7 +299,8 @@ class TBPTT:
     return info
 
   def _single_sampler(self):
-    single = _trainer_module().Sampler(self.trainer.options, self.trainer.pool, 1)
+    single = _trainer_module().Sampler(self.trainer.options, self.trainer.pool, 1,
+                                      self.trainer.weights)
     single.rng = self.trainer.sampler.rng   # share the stream (and its checkpointed state)
     return single
 
