@@ -47,6 +47,7 @@ PENALTY_RATIO = 1e3           # cap of the loss ratio, and the ratio of a diverg
 ADAM_LR, ADAM_BETAS, ADAM_EPS = 2e-3, (0.9, 0.999), 1e-7
 INITIAL_LR = 1e-3
 DATA_SEED, INIT_SEED, STEP_SEED = 1701, 1702, (17, 1703)
+INSTANCE_STRIDE = 1000        # instance k > 0 shifts every seed above by k * this
 DEFAULT_STEPS = 300
 # The long-horizon guard (see `LongHorizonGuard`): a new best must also survive this.
 GUARD_TASKS = ("val_two_spirals_mlp2_tanh", "val_sine_mlp2_tanh", "val_checkerboard_mlp2_relu")
@@ -237,13 +238,27 @@ def select(names: str | Sequence[str] = "") -> list[base.Problem]:
   return [by_name[n] for n in names]
 
 
+# ---- the instance ------------------------------------------------------------------------------
+
+def instance_seeds(instance: int = 0) -> tuple[int, int, tuple[int, int]]:
+  """(data seed, init seed, minibatch seed pair) of validation instance `instance`. Instance 0
+  is the one meta-training selects on (exports/best.npz); others draw fresh data, inits and
+  minibatches from the same task generators, to re-score a selected file on instances it was
+  not selected on (`python -m meta.validation --instances 1,2,3`)."""
+  if instance < 0:
+    raise ValueError(f"validation instance must be >= 0, got {instance}")
+  shift = INSTANCE_STRIDE * instance
+  return DATA_SEED + shift, INIT_SEED + shift, (STEP_SEED[0], STEP_SEED[1] + shift)
+
+
 # ---- the Adam(2e-3) reference -----------------------------------------------------------------
 
-def adam_final_loss(problem: base.Problem, data, steps: int) -> float:
+def adam_final_loss(problem: base.Problem, data, steps: int, instance: int = 0) -> float:
   """Full-data loss after `steps` Adam(2e-3) steps from the validation instance, with the
   minibatch seeds the learned optimizer sees (one compiled loop)."""
-  params = [tf.constant(p) for p in problem.init_params(INIT_SEED)]
-  seed = tf.constant(STEP_SEED, tf.int32)
+  _, init_seed, step_seed = instance_seeds(instance)
+  params = [tf.constant(p) for p in problem.init_params(init_seed)]
+  seed = tf.constant(step_seed, tf.int32)
   beta1, beta2 = ADAM_BETAS
 
   @tf.function(jit_compile=True, autograph=False)
@@ -265,7 +280,7 @@ def adam_final_loss(problem: base.Problem, data, steps: int) -> float:
 
 
 def reference_losses(run_dir: str | os.PathLike | None, problems: Sequence[base.Problem],
-                     steps: int) -> dict[str, float]:
+                     steps: int, instance: int = 0) -> dict[str, float]:
   """Adam(2e-3) final losses per task, read from run_dir/validation_reference.json or computed
   (and written there) for the tasks it lacks."""
   path = Path(run_dir) / REFERENCE_FILE if run_dir else None
@@ -275,11 +290,12 @@ def reference_losses(run_dir: str | os.PathLike | None, problems: Sequence[base.
       cached = json.loads(path.read_text())
     except ValueError as e:
       raise ValueError(f"{path} is unreadable ({e}); delete it to recompute") from e
-  key = lambda p: f"{p.name}@{steps}"
+  key = lambda p: f"{p.name}@{steps}" + (f"#{instance}" if instance else "")
   missing = [p for p in problems if key(p) not in cached]
+  data_seed = instance_seeds(instance)[0]
   for problem in missing:
-    data = unroll_lib.data_tensors(problem.sample_data(DATA_SEED))
-    cached[key(problem)] = adam_final_loss(problem, data, steps)
+    data = unroll_lib.data_tensors(problem.sample_data(data_seed))
+    cached[key(problem)] = adam_final_loss(problem, data, steps, instance)
   if missing and path is not None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -290,16 +306,18 @@ def reference_losses(run_dir: str | os.PathLike | None, problems: Sequence[base.
 
 # ---- the learned optimizer and the score ------------------------------------------------------
 
-def instance_data(problems: Sequence[base.Problem]) -> dict:
-  """{name: data tensors} of each task's fixed validation instance."""
-  return {p.name: unroll_lib.data_tensors(p.sample_data(DATA_SEED)) for p in problems}
+def instance_data(problems: Sequence[base.Problem], instance: int = 0) -> dict:
+  """{name: data tensors} of each task's validation instance."""
+  data_seed = instance_seeds(instance)[0]
+  return {p.name: unroll_lib.data_tensors(p.sample_data(data_seed)) for p in problems}
 
 
-def start(problem, meta, config, data) -> unroll_lib.Carry:
+def start(problem, meta, config, data, instance: int = 0) -> unroll_lib.Carry:
   """The validation instance's starting carry: its init, every step length at INITIAL_LR."""
   layout = hrnn.Layout(problem.param_shapes())
   state = hrnn.init_state(meta, layout, config, math.log(INITIAL_LR))
-  return unroll_lib.start_carry(problem, meta, config, data, INIT_SEED, [0, 0], state=state)
+  return unroll_lib.start_carry(problem, meta, config, data, instance_seeds(instance)[1], [0, 0],
+                                state=state)
 
 
 def as_tensors(meta) -> dict:
@@ -307,10 +325,11 @@ def as_tensors(meta) -> dict:
 
 
 def learned_final_loss(problem, meta, config, data, steps: int,
-                       unroller: unroll_lib.Unroller) -> float:
+                       unroller: unroll_lib.Unroller, instance: int = 0) -> float:
   """Full-data loss after `steps` forward-only steps of the hRNN (hrnn.step via the Unroller)."""
-  carry = start(problem, meta, config, data)
-  out = unroller(problem, meta, carry, data, steps, list(STEP_SEED), compute_gradients=False)
+  carry = start(problem, meta, config, data, instance)
+  out = unroller(problem, meta, carry, data, steps, list(instance_seeds(instance)[2]),
+                 compute_gradients=False)
   if not bool(out.finite) or int(out.steps) < steps:
     return math.nan
   return float(out.final_loss)
@@ -329,13 +348,15 @@ class Validator:
   """Runs the suite for given meta-parameters; keeps the Adam references of one run dir."""
 
   def __init__(self, config, run_dir=None, steps: int = DEFAULT_STEPS,
-               problems: Sequence[base.Problem] | None = None, mode: str = "xla"):
+               problems: Sequence[base.Problem] | None = None, mode: str = "xla",
+               instance: int = 0, unroller: unroll_lib.Unroller | None = None):
     self.config = config
     self.steps = int(steps)
+    self.instance = int(instance)
     self.problems = list(problems) if problems is not None else suite()
-    self.unroller = unroll_lib.Unroller(config, max_steps=self.steps, mode=mode)
-    self.references = reference_losses(run_dir, self.problems, self.steps)
-    self._data = instance_data(self.problems)
+    self.unroller = unroller or unroll_lib.Unroller(config, max_steps=self.steps, mode=mode)
+    self.references = reference_losses(run_dir, self.problems, self.steps, self.instance)
+    self._data = instance_data(self.problems, self.instance)
 
   def __call__(self, meta) -> dict:
     """{"score": float, "tasks": {name: {"learned", "adam", "log_ratio"}}}."""
@@ -343,7 +364,7 @@ class Validator:
     tasks = {}
     for problem in self.problems:
       learned = learned_final_loss(problem, meta, self.config, self._data[problem.name],
-                                   self.steps, self.unroller)
+                                   self.steps, self.unroller, self.instance)
       reference = self.references[problem.name]
       tasks[problem.name] = {"learned": learned, "adam": reference,
                              "log_ratio": log_ratio(learned, reference)}
@@ -504,8 +525,11 @@ def weights_meta(spec: str):
 
 
 def score_table(specs: Sequence[str], steps: int, names: str = "",
-                cache_dir: str | None = None) -> tuple[str, dict]:
-  """Markdown table of the validation score and per-task log ratios of each weights spec."""
+                cache_dir: str | None = None, instance: int = 0,
+                unrollers: dict | None = None) -> tuple[str, dict]:
+  """Markdown table of the validation score and per-task log ratios of each weights spec.
+  `unrollers` ({config json: Unroller}, filled here) shares compiled loops between calls."""
+  unrollers = {} if unrollers is None else unrollers
   import tempfile
   problems = select(names)
   results, validators = {}, {}
@@ -514,7 +538,10 @@ def score_table(specs: Sequence[str], steps: int, names: str = "",
       label, config, meta = weights_meta(spec)
       key = config.to_json()
       if key not in validators:
-        validators[key] = Validator(config, cache_dir or scratch, steps, problems)
+        if key not in unrollers:
+          unrollers[key] = unroll_lib.Unroller(config, max_steps=steps)
+        validators[key] = Validator(config, cache_dir or scratch, steps, problems,
+                                    instance=instance, unroller=unrollers[key])
       results[label] = validators[key](meta)
   header = "| weights | score | " + " | ".join(p.name for p in problems) + " |"
   lines = [header, "|---|---:|" + "---:|" * len(problems)]
@@ -538,16 +565,52 @@ def main(argv=None) -> None:
                       help="directory for the Adam references (validation_reference.json)")
   parser.add_argument("--guard_steps", type=int, default=0,
                       help="also run the long-horizon guard for this many steps (e.g. 10000)")
+  parser.add_argument("--instances", default="0",
+                      help="comma-separated validation instances: 0 is the one meta-training "
+                           "selects on; 1, 2, ... draw fresh data, inits and minibatches. "
+                           "Several: a table each, then each file's mean score and its "
+                           "standard error over them")
   args = parser.parse_args(argv)
+  try:
+    instances = [int(k) for k in args.instances.split(",") if k.strip()]
+  except ValueError:
+    instances = []
+  if not instances or min(instances) < 0:
+    parser.error(f"--instances must be comma-separated integers >= 0, got {args.instances!r}")
   if args.steps < 1:
     parser.error(f"--steps must be >= 1, got {args.steps}")
   if args.guard_steps and args.guard_steps < GUARD_READS:
     parser.error(f"--guard_steps must be 0 or >= {GUARD_READS}, got {args.guard_steps}")
-  table, _ = score_table(args.weights, args.steps, args.tasks, args.cache_dir)
-  print(table)
+  scores: dict[str, list] = {}
+  unrollers: dict = {}
+  for instance in instances:
+    table, results = score_table(args.weights, args.steps, args.tasks, args.cache_dir, instance,
+                                 unrollers)
+    if len(instances) > 1:
+      print(f"instance {instance}:")
+    print(table)
+    for label, result in results.items():
+      scores.setdefault(label, []).append(result["score"])
+  if len(instances) > 1:
+    print()
+    print(mean_table(scores, instances))
   if args.guard_steps:
     print()
     print(guard_table(args.weights, args.guard_steps))
+
+
+def mean_table(scores: dict[str, list], instances: Sequence[int]) -> str:
+  """Markdown table of each file's mean validation score over instances, with its standard
+  error (the spread of the score across instances of the same tasks)."""
+  lines = [f"mean over instances {','.join(map(str, instances))}:", "",
+           "| weights | mean score | standard error | " +
+           " | ".join(f"instance {k}" for k in instances) + " |",
+           "|---|---:|---:|" + "---:|" * len(instances)]
+  for label, values in scores.items():
+    error = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    lines.append(f"| {label} | {float(np.mean(values)):+.3f} | {error:.3f} | " +
+                 " | ".join(f"{v:+.3f}" for v in values) + " |")
+  return "\n".join(lines)
 
 
 def guard_table(specs: Sequence[str], steps: int) -> str:

@@ -489,6 +489,37 @@ def test_validation_command_scores_weights_files(tmp_path, capsys):
   assert any(line.startswith("| untrained:lean | yes |") for line in out.splitlines())
 
 
+def test_validation_instances_rescore_on_fresh_draws(tmp_path, capsys):
+  """--instances: instance 0 is the one meta-training selects on (unchanged); instance k > 0
+  draws fresh data, init and minibatches; the mean table averages the per-instance scores."""
+  assert validation.instance_seeds(0) == (validation.DATA_SEED, validation.INIT_SEED,
+                                          validation.STEP_SEED)
+  seeds = {validation.instance_seeds(k) for k in range(3)}
+  assert len(seeds) == 3
+  task = validation.select("val_sine_mlp2_tanh")
+  first = validation.instance_data(task, 0)["val_sine_mlp2_tanh"]
+  other = validation.instance_data(task, 1)["val_sine_mlp2_tanh"]
+  assert not all(np.array_equal(first[k].numpy(), other[k].numpy()) for k in first)
+  meta = hrnn.init_meta_params(config_lib.lean(), 0)
+  per_instance = [validation.Validator(config_lib.lean(), tmp_path, 10, task, instance=k)(meta)
+                  ["score"] for k in (0, 1)]
+  assert per_instance[0] != per_instance[1]
+  # The references of each instance are cached under their own keys.
+  cached = json.loads((tmp_path / validation.REFERENCE_FILE).read_text())
+  assert {"val_sine_mlp2_tanh@10", "val_sine_mlp2_tanh@10#1"} <= set(cached)
+  validation.main(["untrained:lean", "--steps", "10", "--tasks", "val_sine_mlp2_tanh",
+                   "--cache_dir", str(tmp_path), "--instances", "0,1"])
+  out = capsys.readouterr().out
+  assert "instance 0:" in out and "instance 1:" in out and "mean over instances 0,1" in out
+  row = next(line for line in out.splitlines() if line.startswith("| untrained:lean |")
+             and line.count("|") == 6)
+  cells = [c.strip() for c in row.split("|")[2:-1]]
+  assert cells[2:] == [f"{v:+.3f}" for v in per_instance]
+  assert cells[0] == f"{np.mean(per_instance):+.3f}"
+  with pytest.raises(SystemExit):
+    validation.main(["untrained:lean", "--instances", "-1"])
+
+
 def test_bad_validation_tasks_fail_up_front(tmp_path):
   options = trainer_lib.Options(train_dir=str(tmp_path), validate_every=5,
                                 validation_tasks="val_nope")
