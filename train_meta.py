@@ -93,10 +93,10 @@ flags.DEFINE_string("problems", _D.problems,
                     "python -m problems --list --nets), 'netfam' (5 MLP families whose "
                     "instances draw their own sizes and structure, one compiled function per "
                     "family, with task augmentation), 'mix' or 'mix:R' (paper and nets, a "
-                    "fraction R of the draws nets; mix = mix:0.5), 'mixfam' or 'mixfam:R' (the same with "
-                    "netfam), 'all' (paper + off-by-default "
-                    "problems), or a comma-separated list of problem names and family names "
-                    "(python -m problems --list).")
+                    "fraction R of the draws nets; mix = mix:0.5), 'mixfam' or 'mixfam:R' (the "
+                    "same with netfam), 'all' (paper + off-by-default problems), or a "
+                    "comma-separated list of problem names and family names (python -m "
+                    "problems --list).")
 flags.DEFINE_integer("max_steps", _D.max_steps, "Total meta-steps (= partial unrolls = "
                      "meta-gradient updates), counted across resumes. 0: no training.")
 flags.DEFINE_float("max_cpu_hours", _D.max_cpu_hours, "Stop, checkpointed, once the run's "

@@ -268,8 +268,8 @@ def resolve_problem_set(spec: str) -> tuple[list, np.ndarray | None]:
   "paper" (alias "default": the 109 problems of seed paper 1), "nets" (problems/net_tasks.py
   under task augmentation), "netfam" (problems/net_families.py under task augmentation),
   "mix" / "mix:R" (paper and nets; a fraction R of the draws, default 0.5, are nets, each set
-  uniform inside), "mixfam" / "mixfam:R" (the same with netfam for nets), "all" (paper + off-by-default problems), or a
-  comma-separated list of problem names and family names.
+  uniform inside), "mixfam" / "mixfam:R" (the same with netfam for nets), "all" (paper +
+  off-by-default problems), or a comma-separated list of problem names and family names.
   """
   if spec in ("default", "paper"):
     return problems_lib.default_problems(), None
@@ -279,7 +279,8 @@ def resolve_problem_set(spec: str) -> tuple[list, np.ndarray | None]:
     return problems_lib.nets_problems(), None
   if spec == "netfam":
     return problems_lib.netfam_problems(), None
-  for name, networks in (("mix", problems_lib.nets_problems), ("mixfam", problems_lib.netfam_problems)):
+  for name, networks in (("mix", problems_lib.nets_problems),
+                         ("mixfam", problems_lib.netfam_problems)):
     if spec != name and not spec.startswith(name + ":"):
       continue
     try:

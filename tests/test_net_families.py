@@ -235,7 +235,8 @@ def test_population_estimators_draw_at_the_mix_ratio(tmp_path, estimator, extra)
       train_dir=str(tmp_path / "run"), problems="mixfam:0.4", estimator=estimator, seed=3,
       config="annealed", **extra))
   if estimator == "pes":
-    draws = [trainer.estimator._new_task(None).problem for _ in range(2000)]  # pylint: disable=protected-access
+    new_task = trainer.estimator._new_task  # pylint: disable=protected-access
+    draws = [new_task(None).problem for _ in range(2000)]
   else:
     sampler = trainer.estimator._single_sampler()  # pylint: disable=protected-access
     draws = [sampler.next_trajectory(None).problem for _ in range(2000)]
