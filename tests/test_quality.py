@@ -179,7 +179,8 @@ def test_demo_verdict_handles_divergence():
 def test_benchmark_modules_define_no_flags_at_import():
   # Flags defined at import collide when two command modules meet in one process (pytest).
   code = ("import benchmarks.ablation, benchmarks.quality, benchmarks.step_time, "
-          "benchmarks.meta_speed, benchmarks.fit_time, meta.plot_history, "
+          "benchmarks.meta_speed, benchmarks.fit_time, benchmarks.step_profile, "
+          "meta.plot_history, "
           "learned_opt.stability\n"
           "from absl import flags\n"
           "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if not m.startswith(('absl', 'tensorflow'))))")
