@@ -467,13 +467,28 @@ class Sampler:
     return [[int(s) for s in self.rng.integers(-2**31, 2**31 - 1, size=2)]
             for _ in range(self.num_replicas)]
 
+  def draw_problem(self, rng: np.random.Generator | None = None) -> str:
+    """The name of a problem drawn from the pool at the run's mix ratio (`weights`).
+
+    Every estimator draws its problems here (with its own rng where it keeps one), so that a
+    mixed set's ratio holds for all of them: two draw sites, one of which ignored the weights,
+    once gave PES and the TBPTT population a uniform draw.
+    """
+    return problems_lib.sample(self.rng if rng is None else rng, self.pool, self.weights).name
+
+  def with_replicas(self, num_replicas: int) -> "Sampler":
+    """A sampler of the same pool, weights and random stream for `num_replicas` replicas."""
+    other = Sampler(self.options, self.pool, num_replicas, self.weights)
+    other.rng = self.rng   # share the stream (and its checkpointed state)
+    return other
+
   def next_trajectory(self, previous: Trajectory | None) -> Trajectory:
     o = self.options
     if previous is not None and previous.trajectory_index + 1 < o.trajectories_per_problem:
       problem, data_seeds = previous.problem, previous.data_seeds
       index = previous.trajectory_index + 1
     else:
-      problem = problems_lib.sample(self.rng, self.pool, self.weights).name
+      problem = self.draw_problem()
       data_seeds = [_int_seed(self.rng) for _ in range(self.num_replicas)]
       index = 0
     init_seeds = [_int_seed(self.rng) for _ in range(self.num_replicas)]

@@ -244,6 +244,31 @@ def test_population_estimators_draw_at_the_mix_ratio(tmp_path, estimator, extra)
   assert abs(fraction - 0.4) < 0.04, fraction
 
 
+@pytest.mark.parametrize("estimator, extra", [("tbptt", {}), ("tbptt", {"tbptt_tasks": 4}),
+                                              ("pes", {})])
+def test_every_estimator_draws_its_problems_through_one_method(tmp_path, monkeypatch,
+                                                               estimator, extra):
+  """One draw site (Sampler.draw_problem) for all estimators, so the mix ratio cannot be lost
+  in one of them again."""
+  calls = []
+  original = trainer_lib.Sampler.draw_problem
+  def counted(self, rng=None):
+    calls.append(rng)
+    return original(self, rng)
+  monkeypatch.setattr(trainer_lib.Sampler, "draw_problem", counted)
+  trainer = trainer_lib.Trainer(trainer_lib.Options(
+      train_dir=str(tmp_path / "run"), problems="mixfam:0.4", estimator=estimator, seed=3,
+      config="annealed", **extra))
+  if estimator == "pes":
+    names = [trainer.estimator._new_task(None).problem for _ in range(5)]  # pylint: disable=protected-access
+  elif "tbptt_tasks" in extra:
+    sampler = trainer.estimator._single_sampler()  # pylint: disable=protected-access
+    names = [sampler.next_trajectory(None).problem for _ in range(5)]
+  else:
+    names = [trainer.sampler.next_trajectory(None).problem for _ in range(5)]
+  assert len(calls) == 5 and all(name in trainer.problems_by_name for name in names)
+
+
 @pytest.mark.parametrize("family", [FAMILIES[0]] + [
     pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES[1:]], ids=lambda f: f.name)
 def test_adam_trains_an_instance_of_every_family(family):

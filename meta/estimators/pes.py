@@ -64,7 +64,6 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-import problems as problems_lib
 from learned_opt import hrnn
 from meta import checkpoints
 from meta import unroll as unroll_lib
@@ -297,7 +296,7 @@ class PES:
 
   def _new_task(self, previous: Task | None) -> Task:
     o = self.options
-    problem = problems_lib.sample(self.rng, self.trainer.pool, self.trainer.weights).name
+    problem = self.trainer.sampler.draw_problem(self.rng)
     data_seed, init_seed = _int_seed(self.rng), _int_seed(self.rng)
     length = int(round(math.exp(self.rng.uniform(math.log(o.trajectory_min_steps),
                                                  math.log(o.trajectory_max_steps)))))

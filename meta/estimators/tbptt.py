@@ -299,10 +299,7 @@ class TBPTT:
     return info
 
   def _single_sampler(self):
-    single = _trainer_module().Sampler(self.trainer.options, self.trainer.pool, 1,
-                                      self.trainer.weights)
-    single.rng = self.trainer.sampler.rng   # share the stream (and its checkpointed state)
-    return single
+    return self.trainer.sampler.with_replicas(1)
 
 
 
