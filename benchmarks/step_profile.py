@@ -142,9 +142,11 @@ def trace_events(run, steps: int) -> dict[str, float]:
   logdir = tempfile.mkdtemp(prefix="step_profile_")
   try:
     tf.profiler.experimental.start(logdir)
-    for _ in range(steps):
-      run()
-    tf.profiler.experimental.stop()
+    try:
+      for _ in range(steps):
+        run()
+    finally:
+      tf.profiler.experimental.stop()
     space = xplane_pb2.XSpace()
     files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
     if not files:
@@ -217,6 +219,8 @@ def main(argv):
   del argv
   for name in FLAGS.models:
     fit_time.build_model(name)   # fails early on a bad name
+  if FLAGS.steps < 1 or FLAGS.top < 1:
+    raise ValueError(f"--steps ({FLAGS.steps}) and --top ({FLAGS.top}) must be >= 1")
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   header = (f"CPU, {cores} of {os.cpu_count()} cores usable "
             f"({platform.processor() or platform.machine()}), TF {tf.__version__}, load average "
