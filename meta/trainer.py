@@ -161,8 +161,12 @@ class Options:
   def effective_guard_steps(self) -> int:
     return 10 * self.validation_steps if self.guard_steps < 0 else self.guard_steps
 
-  def validate(self) -> None:
-    """Raises ValueError naming the bad option (before any work)."""
+  def validate(self, resuming: bool = False) -> None:
+    """Raises ValueError naming the bad option (before any work).
+
+    resuming: the run has a checkpoint, so --init_weights is not read (RESUME_NO_EFFECT) and
+    not checked: a shipped name it recorded may since name a file of another config.
+    """
     errors = []
     def need(ok, message):
       if not ok:
@@ -237,7 +241,7 @@ class Options:
     need(self.guard_steps in (-1, 0) or self.guard_steps >= 10,
          f"--guard_steps must be -1 (10 x --validation_steps), 0 (off) or >= 10, "
          f"got {self.guard_steps}")
-    if not errors and self.init_weights:
+    if not errors and self.init_weights and not resuming:
       try:
         weights_lib.load_for(self.init_weights, config_lib.get(self.config))
       except (OSError, ValueError) as e:
@@ -518,7 +522,8 @@ class Trainer:
                problem_pool: list | None = None, read_only: bool = False):
     # read_only: only restore and export (train_meta.py --export_only). Nothing in train_dir
     # is written, so it is safe while another process is meta-training in that directory.
-    options.validate()
+    options.validate(resuming=bool(options.train_dir) and tf.train.latest_checkpoint(
+        str(Path(options.train_dir).expanduser() / "checkpoints")) is not None)
     self.options = options
     self.read_only = read_only
     self.config = config_lib.get(options.config)
@@ -649,7 +654,10 @@ class Trainer:
   def _warm_start(self) -> None:
     """Sets the meta-parameters of a fresh run from --init_weights (checked in validate();
     the loader refuses a file whose meta-parameters do not match the config)."""
-    loaded = weights_lib.load_for(self.options.init_weights, self.config)
+    try:
+      loaded = weights_lib.load_for(self.options.init_weights, self.config)
+    except (OSError, ValueError) as e:   # validate() skipped it: the checkpoints are unreadable
+      raise ValueError(f"--init_weights: {e}") from e
     for name, variable in self.meta.variables_by_name.items():
       variable.assign(loaded.meta[name])
     parent = loaded.provenance or {}

@@ -406,6 +406,15 @@ def test_warm_start_from_a_weights_file(tmp_path):
     np.testing.assert_array_equal(variable.numpy(), child.meta.variables_by_name[name].numpy())
   assert weights_io.load(resumed.export(tmp_path / "again.npz")).provenance[
       "cpu_hours_total"] == provenance["cpu_hours_total"]
+  # train_meta.py resumes with the recorded --init_weights. If that name now holds a file of
+  # another config (the shipped `default` moved on), the resume and --export_only still work.
+  other = config_lib.get("paper" if options.config != "paper" else "stable")
+  weights_io.save(tmp_path / "parent.npz", hrnn.init_meta_params(other), other, {})
+  moved = trainer_lib.Trainer(_fast_options(tmp_path / "child", max_steps=2,
+                                            init_weights=str(tmp_path / "parent.npz")),
+                              read_only=True)
+  for name, variable in moved.meta.variables_by_name.items():
+    np.testing.assert_array_equal(variable.numpy(), child.meta.variables_by_name[name].numpy())
   with pytest.raises(ValueError, match="--init_weights.*another config"):
     trainer_lib.Trainer(_fast_options(tmp_path / "x", config="stable", init_weights=str(out)))
   with pytest.raises(ValueError, match="--init_weights.*does not exist"):
