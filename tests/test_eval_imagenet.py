@@ -12,6 +12,7 @@ so its end-to-end runs are marked slow: `python -m pytest -m slow tests/test_eva
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -454,18 +455,38 @@ def test_learned_optimizer_steps_a_slice_of_the_network(tmp_path, mixed_precisio
     assert np.all(np.isfinite(delta)) and np.mean(delta < 0) > 0.9  # against the gradient
 
 
+_TRAIN_DRIVER = """
+import json, sys
+from experiments import imagenet_train
+result = imagenet_train.train(imagenet_train.RunConfig(**json.loads(sys.argv[1])))
+print("RESULT " + json.dumps(result, default=float))
+"""
+
+
+def _train_in_a_fresh_process(config: imagenet_train.RunConfig) -> dict:
+  """imagenet_train.train(config) in a child process. The learned optimizer's step on a
+  21-25M-parameter network holds ~13 GB while it trains, and one pytest process that trained
+  both networks in turn kept both: the slow suite was OOM-killed at 23 GB of this machine's 24."""
+  out = subprocess.run([sys.executable, "-c", _TRAIN_DRIVER,
+                        json.dumps(dataclasses.asdict(config))], cwd=REPO, capture_output=True,
+                       text=True, timeout=1800, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
 @pytest.mark.slow
 def test_learned_trains_resnet_and_resumes_exactly(imagenet_dir, tmp_path):
   weights = _weights_file(tmp_path / "paper.npz", "paper")
   train_dir = tmp_path / "resnet_learned"
   config = _config(train_dir, imagenet_dir, optimizer="learned", weights=weights,
                    train_steps=2, checkpoint_every=1)
-  imagenet_train.train(config)
+  _train_in_a_fresh_process(config)
   first = run_files.read_losses(str(train_dir))
   ckpt_dir = train_dir / "checkpoints"
   (ckpt_dir / "checkpoint").write_text(
       'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')
-  resumed = imagenet_train.train(config)
+  resumed = _train_in_a_fresh_process(config)
   assert (resumed["start_step"], resumed["step"]) == (1, 2)
   second = run_files.read_losses(str(train_dir))
   assert second["step"].tolist() == [1, 2]
@@ -482,8 +503,9 @@ def test_learned_and_rmsprop_train_inception_and_plot_like_fig_8b(imagenet_dir, 
   runs = []
   for optimizer in ("learned", "rmsprop"):
     train_dir = tmp_path / f"inception_{optimizer}"
-    imagenet_train.train(_config(train_dir, imagenet_dir, model="inception_v3", image_size=75,
-                                 optimizer=optimizer, weights=weights, train_steps=2))
+    _train_in_a_fresh_process(_config(train_dir, imagenet_dir, model="inception_v3",
+                                      image_size=75, optimizer=optimizer, weights=weights,
+                                      train_steps=2))
     assert _csv_steps(train_dir) == [1, 2]
     runs.append(str(train_dir))
   summary = plot_curves.plot_runs(runs, str(tmp_path / "fig8b.png"))
