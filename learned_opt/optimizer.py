@@ -239,8 +239,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
       given = iter(grads)
       grads = [next(given) if p else None for p in present]
       out = hrnn.step(meta, old_state, grads, config, layout)
-      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x))
-                              for x in [*(g for g in grads if g is not None), *out.updates]])
+      # Two reductions over the concatenated gradients and updates, not one per tensor: with
+      # 100 variables the per-tensor form was ~300 of the step's ~460 XLA operations (each
+      # compiled on its own, each a few microseconds a step). XLA folds the concatenation of
+      # the updates' slices back into the flat update.
+      finite = tf.logical_and(_all_finite([g for g in grads if g is not None]),
+                              _all_finite(out.updates))
       new_state = hrnn.State(*[tf.where(finite, new, old)
                                for new, old in zip(out.state, old_state)])
       updates = [tf.where(finite, u * scale, tf.zeros_like(u))
@@ -305,6 +309,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                       "untrained initialisation until they are restored)")
         config["weights"] = None
     return super().from_config(config, custom_objects=custom_objects)
+
+
+def _all_finite(tensors) -> tf.Tensor:
+  """Whether every element of every tensor is finite, as one reduction over their concatenation."""
+  flat = [tf.reshape(t, [-1]) for t in tensors]
+  return tf.reduce_all(tf.math.is_finite(flat[0] if len(flat) == 1 else tf.concat(flat, 0)))
 
 
 def _initial_lr_value(learning_rate) -> float:

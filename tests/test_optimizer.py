@@ -205,6 +205,28 @@ def test_non_finite_gradients_skip_the_step():
   assert not np.allclose(variables[0].numpy(), before[0])
 
 
+@pytest.mark.parametrize("bad_index", [0, 37, 59])
+def test_one_non_finite_element_in_one_of_many_variables_skips_the_step(bad_index):
+  """The finiteness check runs over all gradients and updates at once: one inf in any of 60
+  variables (one of them without a gradient) skips the whole step."""
+  variables = [tf.Variable(tf.fill([3, 2], 0.5 + 0.01 * i)) for i in range(60)]
+  opt = learned_opt.LearnedOptimizer(learning_rate=1e-2)
+  opt.build(variables)
+  before = [v.numpy().copy() for v in variables]
+  grads = [tf.ones([3, 2]) for _ in variables]
+  grads[bad_index] = tf.tensor_scatter_nd_update(grads[bad_index], [[2, 1]], [np.inf])
+  grads[10] = None
+  opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+  assert opt.skipped_steps == 1
+  for a, b in zip(variables, before):
+    np.testing.assert_array_equal(a.numpy(), b)
+  grads[bad_index] = tf.ones([3, 2])
+  opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+  assert opt.skipped_steps == 1
+  assert not np.allclose(variables[bad_index].numpy(), before[bad_index])
+  np.testing.assert_array_equal(variables[10].numpy(), before[10])
+
+
 def test_none_gradient_leaves_variable_untouched():
   init, loss = quadratic_problem()
   opt = learned_opt.LearnedOptimizer(learning_rate=1e-2, weights=None)
