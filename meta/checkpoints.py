@@ -97,15 +97,19 @@ def check_writable(directory: str | os.PathLike, what: str) -> Path:
   return path
 
 
+def has_checkpoint(train_dir: Path) -> bool:
+  """Whether train_dir holds a checkpointed run (so starting there resumes it)."""
+  return tf.train.latest_checkpoint(str(train_dir / "checkpoints")) is not None
+
+
 def check_run_config(train_dir: Path, config: HRNNConfig) -> dict | None:
   """Raises ValueError if train_dir holds a run made with another HRNN config.
 
   Returns the recorded run config (None for a fresh directory).
   """
   path = train_dir / RUN_CONFIG
-  has_checkpoint = tf.train.latest_checkpoint(str(train_dir / "checkpoints")) is not None
   if not path.exists():
-    if has_checkpoint:
+    if has_checkpoint(train_dir):
       raise ValueError(f"{train_dir} has checkpoints but no {RUN_CONFIG}; refusing to guess "
                        "which config made them (use a fresh --train_dir)")
     return None
@@ -125,7 +129,7 @@ def check_run_config(train_dir: Path, config: HRNNConfig) -> dict | None:
 def recorded_options(train_dir: Path) -> dict | None:
   """The options a run in train_dir last ran with (its latest resume's, else its first), or
   None when train_dir holds no checkpointed run."""
-  if tf.train.latest_checkpoint(str(train_dir / "checkpoints")) is None:
+  if not has_checkpoint(train_dir):
     return None
   try:
     options = json.loads((train_dir / RUN_CONFIG).read_text())["options"]

@@ -522,8 +522,8 @@ class Trainer:
                problem_pool: list | None = None, read_only: bool = False):
     # read_only: only restore and export (train_meta.py --export_only). Nothing in train_dir
     # is written, so it is safe while another process is meta-training in that directory.
-    options.validate(resuming=bool(options.train_dir) and tf.train.latest_checkpoint(
-        str(Path(options.train_dir).expanduser() / "checkpoints")) is not None)
+    options.validate(resuming=bool(options.train_dir) and checkpoints.has_checkpoint(
+        Path(options.train_dir).expanduser()))
     self.options = options
     self.read_only = read_only
     self.config = config_lib.get(options.config)
