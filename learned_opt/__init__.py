@@ -3,8 +3,12 @@
     import learned_opt
     model.compile(optimizer=learned_opt.LearnedOptimizer(), loss=...)
 """
-from learned_opt import config, hrnn, weights
-from learned_opt.config import HRNNConfig
-from learned_opt.optimizer import LearnedOptimizer
+from learned_opt import compile_cache
 
-__all__ = ["LearnedOptimizer", "HRNNConfig", "config", "hrnn", "weights"]
+compile_cache.configure()   # before TensorFlow's first operation reads its XLA flags
+
+from learned_opt import config, hrnn, weights  # noqa: E402
+from learned_opt.config import HRNNConfig  # noqa: E402
+from learned_opt.optimizer import LearnedOptimizer  # noqa: E402
+
+__all__ = ["LearnedOptimizer", "HRNNConfig", "compile_cache", "config", "hrnn", "weights"]
