@@ -19,7 +19,9 @@ is honoured), in a subdirectory per TensorFlow version, CPU and `XLA_FLAGS`, unl
 
 TensorFlow reads its XLA flags once, at its first operation (or device query), so the cache
 takes effect only if `learned_opt` is imported before TensorFlow runs anything; imported
-later it changes nothing. The flag is process-wide: the user's own `jit_compile` models are
+later it changes nothing. Inside `absl.app.run` TensorFlow reads them when it is imported, so
+there `learned_opt` must come before TensorFlow's import (at module level, before
+`app.run`, is always early enough). The flag is process-wide: the user's own `jit_compile` models are
 cached too.
 
 Housekeeping at import: entries that are not whole (`intact`) are deleted, because TensorFlow
@@ -71,6 +73,23 @@ def cpu_fingerprint() -> str:
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
+def tensorflow_version() -> str:
+  """TensorFlow's version, without importing it if it is not imported yet: inside
+  `absl.app.run`, importing TensorFlow fixes its XLA flags, so the flag must be set first."""
+  import sys
+  if "tensorflow" in sys.modules:
+    return sys.modules["tensorflow"].__version__
+  from importlib import metadata
+  names = ["tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel", "tf-nightly"]
+  names += [n for n in metadata.packages_distributions().get("tensorflow", []) if n not in names]
+  for name in names:
+    try:
+      return metadata.version(name)
+    except metadata.PackageNotFoundError:
+      continue
+  return "unknown"
+
+
 def default_directory(environ=None) -> Path:
   """`$XDG_CACHE_HOME` (or `~/.cache`)`/learned_opt/xla`."""
   environ = os.environ if environ is None else environ
@@ -86,9 +105,8 @@ def keyed(base: Path, environ=None) -> Path:
   math). Each combination gets its own subdirectory, so no process loads code compiled for
   another.
   """
-  import tensorflow as tf                         # importing TF does not read its XLA flags
   environ = os.environ if environ is None else environ
-  name = f"tf{tf.__version__}-{cpu_fingerprint()}"
+  name = f"tf{tensorflow_version()}-{cpu_fingerprint()}"
   xla_flags = " ".join(environ.get("XLA_FLAGS", "").split())
   if xla_flags:
     name += "-xla" + hashlib.sha256(xla_flags.encode()).hexdigest()[:8]

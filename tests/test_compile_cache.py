@@ -113,23 +113,34 @@ def test_prune_drops_broken_entries_stale_temporaries_and_the_oldest_above_the_c
 
 STEP_SCRIPT = textwrap.dedent("""
     import sys
-    if sys.argv[1] == "late":          # TensorFlow runs an operation before learned_opt's import
+
+    def body():
+      import learned_opt
+      import keras
+      import numpy as np
+      import tensorflow as tf
+      keras.utils.set_random_seed(0)
+      variables = [keras.Variable(np.random.default_rng(i).standard_normal(s).astype("float32"))
+                   for i, s in enumerate([(64, 32), (32,), (32, 10), (10,)])]
+      opt = learned_opt.LearnedOptimizer()
+      opt.build(variables)
+      for step in range(3):
+        grads = [tf.constant(np.random.default_rng(10 + step).standard_normal(v.shape),
+                             tf.float32) for v in variables]
+        opt.apply(grads, variables)
+      print("CHECKSUM",
+            repr([float(np.sum(v.numpy().astype(np.float64) ** 2)) for v in variables]))
+
+    mode = sys.argv[1]
+    if mode == "late":        # TensorFlow runs an operation before learned_opt's import
       import tensorflow as tf
       tf.constant(1.0) + 1.0
-    import learned_opt
-    import keras
-    import numpy as np
-    import tensorflow as tf
-    keras.utils.set_random_seed(0)
-    variables = [keras.Variable(np.random.default_rng(i).standard_normal(s).astype("float32"))
-                 for i, s in enumerate([(64, 32), (32,), (32, 10), (10,)])]
-    opt = learned_opt.LearnedOptimizer()
-    opt.build(variables)
-    for step in range(3):
-      grads = [tf.constant(np.random.default_rng(10 + step).standard_normal(v.shape),
-                           tf.float32) for v in variables]
-      opt.apply(grads, variables)
-    print("CHECKSUM", repr([float(np.sum(v.numpy().astype(np.float64) ** 2)) for v in variables]))
+    if mode == "absl":        # everything imported inside absl's app.run
+      from absl import app
+      sys.argv = sys.argv[:1]
+      app.run(lambda argv: body())
+    else:
+      body()
 """)
 
 
@@ -167,6 +178,9 @@ def test_a_second_process_loads_the_optimizer_step_and_computes_the_same_updates
   again, log5 = _run_step(tmp_path, str(tmp_path / "cache"))
   assert again == first and "Serializing and saving cache entry" in log5
   assert compile_cache.intact(victim)
+  # Inside absl's app.run, TensorFlow reads its flags at import: learned_opt sets them first.
+  in_absl, _ = _run_step(tmp_path, str(tmp_path / "absl"), mode="absl")
+  assert in_absl == first and list((tmp_path / "absl").glob("*/*.pb"))
   # Imported after TensorFlow's first operation, the cache cannot take effect (documented).
   _, log4 = _run_step(tmp_path, str(tmp_path / "late"), mode="late")
   assert "cache entry" not in log4 and not list((tmp_path / "late").glob("*/*.pb"))
