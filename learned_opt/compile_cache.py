@@ -7,22 +7,30 @@ and load it in later processes (its `--tf_xla_persistent_cache_directory` flag);
 used only when the whole HLO module matches, byte for byte. So the second run of a script
 loads the step instead of compiling it.
 
-`import learned_opt` turns that cache on, in `~/.cache/learned_opt/xla/` (`$XDG_CACHE_HOME`
-is honoured), in a subdirectory per TensorFlow version, CPU and `XLA_FLAGS`, unless
+It is off unless asked for, because TensorFlow logs two harmless but alarming errors each
+time it loads an entry (a failed text-format parse before the binary parse succeeds, and
+"Target machine feature +prefer-no-scatter is not supported on the host machine ... could
+lead to execution errors such as SIGILL": LLVM tuning flags that XLA records with the code
+but does not find among the host's instruction sets). With `LEARNED_OPT_XLA_CACHE` set,
+`import learned_opt` turns it on:
 
-* `LEARNED_OPT_XLA_CACHE` is `0` (or `off`, `false`, `no`): no cache;
-* `LEARNED_OPT_XLA_CACHE` names a directory: a subdirectory of it (see `keyed`; a warning if
-  it is unusable);
-* `TF_XLA_FLAGS` already names a cache directory: that one, untouched;
-* the directory cannot be created or written, or its disk has under `MIN_FREE_BYTES` free:
-  no cache (TensorFlow would fail the compile, not just skip the cache, if a write failed).
+* `LEARNED_OPT_XLA_CACHE=1` (or `on`, `true`, `yes`): in `~/.cache/learned_opt/xla/`
+  (`$XDG_CACHE_HOME` is honoured), in a subdirectory per TensorFlow version, CPU and
+  `XLA_FLAGS` (see `keyed`);
+* `LEARNED_OPT_XLA_CACHE=<directory>`: in a subdirectory of that directory;
+* unset, empty or `0` (`off`, `false`, `no`): no cache;
+
+A cache directory already named in `TF_XLA_FLAGS` is used as it is, whatever this variable
+says. The cache stays off, with a warning that names the directory, when the directory cannot
+be created or written or its disk has under `MIN_FREE_BYTES` free: TensorFlow would fail the
+compile, not just skip the cache, if a write failed.
 
 TensorFlow reads its XLA flags once, at its first operation (or device query), so the cache
 takes effect only if `learned_opt` is imported before TensorFlow runs anything; imported
 later it changes nothing. Inside `absl.app.run` TensorFlow reads them when it is imported, so
 there `learned_opt` must come before TensorFlow's import (at module level, before
-`app.run`, is always early enough). The flag is process-wide: the user's own `jit_compile` models are
-cached too.
+`app.run`, is always early enough). The flag is process-wide: the user's own `jit_compile`
+models are cached too.
 
 Housekeeping at import: entries that are not whole (`intact`) are deleted, because TensorFlow
 reports an unreadable entry as `OutOfRangeError`, which `model.fit` takes for the end of its
@@ -46,8 +54,8 @@ ENV = "LEARNED_OPT_XLA_CACHE"
 TF_FLAG = "--tf_xla_persistent_cache_directory"
 MAX_BYTES = 2 << 30          # the cache directory's size cap
 MIN_FREE_BYTES = 1 << 30     # no cache on a disk with less free space than this
-_OFF = ("0", "off", "false", "no")
-_ON = ("", "1", "on", "true", "yes")
+_OFF = ("", "0", "off", "false", "no")
+_ON = ("1", "on", "true", "yes")
 _STALE_TMP_S = 3600.0
 
 _directory: str | None = None
@@ -215,17 +223,17 @@ def configure(environ=None) -> str | None:
   environ = os.environ if environ is None else environ
   setting = environ.get(ENV, "").strip()
   existing = _flag_directory(environ.get("TF_XLA_FLAGS", ""))
-  if setting.lower() in _OFF:
-    _directory = None
-  elif existing:
+  if existing:
     _directory = existing
+  elif setting.lower() in _OFF:
+    _directory = None
   else:
     explicit = setting.lower() not in _ON
     path = keyed(Path(setting).expanduser() if explicit else default_directory(environ), environ)
     why_not = _usable(path)
     if why_not:
-      if explicit:
-        warnings.warn(f"{ENV}={setting}: no XLA compilation cache, {why_not}", stacklevel=2)
+      warnings.warn(f"{ENV}={setting}: no XLA compilation cache in {path}: {why_not}",
+                    stacklevel=2)
       _directory = None
     else:
       prune(path)

@@ -30,9 +30,11 @@ def test_code_compiled_under_other_xla_flags_is_kept_apart(tmp_path):
   assert paths[1].startswith(paths[0] + "-xla")
 
 
-@pytest.mark.parametrize("off", ["0", "off", "False", " no "])
-def test_switched_off_it_leaves_tensorflow_alone(tmp_path, off):
-  env = {compile_cache.ENV: off, "XDG_CACHE_HOME": str(tmp_path)}
+@pytest.mark.parametrize("off", [None, "", "0", "off", "False", " no "])
+def test_off_by_default_and_switched_off_it_leaves_tensorflow_alone(tmp_path, off):
+  env = {"XDG_CACHE_HOME": str(tmp_path)}
+  if off is not None:
+    env[compile_cache.ENV] = off
   assert compile_cache.configure(env) is None
   assert "TF_XLA_FLAGS" not in env and not list(tmp_path.iterdir())
   assert compile_cache.directory() is None
@@ -40,7 +42,7 @@ def test_switched_off_it_leaves_tensorflow_alone(tmp_path, off):
 
 def test_the_default_directory_is_per_tensorflow_version_and_cpu(tmp_path):
   import tensorflow as tf
-  env = {"XDG_CACHE_HOME": str(tmp_path)}
+  env = {compile_cache.ENV: "1", "XDG_CACHE_HOME": str(tmp_path)}
   path = compile_cache.configure(env)
   assert path == str(tmp_path / "learned_opt" / "xla"
                      / f"tf{tf.__version__}-{compile_cache.cpu_fingerprint()}")
@@ -54,6 +56,7 @@ def test_a_cache_the_user_already_configured_is_kept(tmp_path):
   env = {compile_cache.ENV: str(tmp_path / "ours"), "TF_XLA_FLAGS": flags}
   assert compile_cache.configure(env) == str(tmp_path / "theirs")
   assert env["TF_XLA_FLAGS"] == flags and not (tmp_path / "ours").exists()
+  assert compile_cache.configure({"TF_XLA_FLAGS": flags}) == str(tmp_path / "theirs")
 
 
 def test_an_unusable_directory_warns_by_name_and_leaves_tensorflow_alone(tmp_path, monkeypatch):
@@ -67,11 +70,9 @@ def test_an_unusable_directory_warns_by_name_and_leaves_tensorflow_alone(tmp_pat
   with pytest.warns(UserWarning, match="MiB free"):
     assert compile_cache.configure(env) is None
   assert "TF_XLA_FLAGS" not in env
-  # The default directory, unusable, is skipped without a warning: the cache is an extra.
-  env = {"XDG_CACHE_HOME": str(tmp_path / "file")}
-  import warnings
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
+  # The default directory, unusable, warns too.
+  env = {compile_cache.ENV: "on", "XDG_CACHE_HOME": str(tmp_path / "file")}
+  with pytest.warns(UserWarning, match="cannot write"):
     assert compile_cache.configure(env) is None
 
 
