@@ -24,9 +24,8 @@ with a GPU) it reports:
   `optimizer.apply(grads)` timed directly in a `tf.function` with the same `jit_compile`
   (no model, fixed gradients).
 
-Prints a markdown table and writes JSON (`--out`). First epochs are compiled from scratch: the
-persistent compilation cache is off in the benchmarks unless `LEARNED_OPT_XLA_CACHE` is set
-(`benchmarks.first_epoch` measures it).
+Prints a markdown table and writes JSON (`--out`). First epochs are compiled from scratch unless
+`LEARNED_OPT_XLA_CACHE` is set (`benchmarks.first_epoch` measures that cache).
 
     python -m benchmarks.fit_time                                  # everything (~10 min)
     python -m benchmarks.fit_time --models mlp_1m --jit off --optimizers adam,learned

@@ -89,12 +89,13 @@ def tensorflow_version() -> str:
     return sys.modules["tensorflow"].__version__
   from importlib import metadata
   names = ["tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel", "tf-nightly"]
-  names += [n for n in metadata.packages_distributions().get("tensorflow", []) if n not in names]
   for name in names:
     try:
       return metadata.version(name)
     except metadata.PackageNotFoundError:
       continue
+  for name in metadata.packages_distributions().get("tensorflow", []):   # a rarer wheel
+    return metadata.version(name)
   return "unknown"
 
 
