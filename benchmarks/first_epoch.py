@@ -142,12 +142,7 @@ def main(argv):
   text = table(rows)
   print("\n" + header + "\n\n" + text)
   if FLAGS.out:
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-      json.dump({"header": header, "rows": rows}, f, indent=1)
-    with open(os.path.splitext(FLAGS.out)[0] + ".md", "w") as f:
-      f.write(header + "\n\n" + text + "\n")
-    print(f"\nwrote {FLAGS.out}")
+    fit_time.write_results(FLAGS.out, {"header": header, "rows": rows}, header, text)
 
 
 if __name__ == "__main__":

@@ -235,16 +235,20 @@ def main(argv):
   text = table(rows)
   print("\n" + header + "\n\n" + text)
   if FLAGS.out:
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-      json.dump({"header": header, "rows": rows,
-                 "flags": {k: FLAGS[k].value for k in ("models", "optimizers", "jit",
-                                                        "first_steps", "steps", "repeats",
-                                                        "steps_per_execution",
-                                                        "weights", "config")}}, f, indent=1)
-    with open(os.path.splitext(FLAGS.out)[0] + ".md", "w") as f:
-      f.write(header + "\n\n" + text + "\n")
-    print(f"\nwrote {FLAGS.out}")
+    write_results(FLAGS.out, {"header": header, "rows": rows, "flags": {
+        k: FLAGS[k].value for k in ("models", "optimizers", "jit", "first_steps", "steps",
+                                    "repeats", "steps_per_execution", "weights", "config")}},
+                  header, text)
+
+
+def write_results(out: str, payload: dict, header: str, text: str) -> None:
+  """`payload` as JSON at `out`, and the header and table as markdown beside it (.md)."""
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(payload, f, indent=1)
+  with open(os.path.splitext(out)[0] + ".md", "w") as f:
+    f.write(header + "\n\n" + text + "\n")
+  print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
