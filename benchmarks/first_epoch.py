@@ -55,7 +55,9 @@ def child(spec: str) -> None:
   """Times one first epoch in this (fresh) process and prints it as a JSON line."""
   import time
   model_name, opt_name, jit = spec.split(",")
-  import learned_opt                  # first: it configures the cache before TF runs anything
+  # learned_opt configured the cache when define_flags imported benchmarks.fit_time, before
+  # app.run and TensorFlow's first operation.
+  import learned_opt
   import keras
   from benchmarks import fit_time
   keras.utils.set_random_seed(0)

@@ -46,6 +46,8 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -84,7 +86,6 @@ def cpu_fingerprint() -> str:
 def tensorflow_version() -> str:
   """TensorFlow's version, without importing it if it is not imported yet: inside
   `absl.app.run`, importing TensorFlow fixes its XLA flags, so the flag must be set first."""
-  import sys
   if "tensorflow" in sys.modules:
     return sys.modules["tensorflow"].__version__
   from importlib import metadata
@@ -178,7 +179,7 @@ def prune(path: Path, max_bytes: int = MAX_BYTES, now: float | None = None) -> l
       st = p.stat()
     except OSError:
       continue
-    if not p.is_file():
+    if not stat.S_ISREG(st.st_mode):
       continue
     if ".tmp" in p.name:
       if now - st.st_mtime > _STALE_TMP_S:
