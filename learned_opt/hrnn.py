@@ -498,11 +498,12 @@ class StepOutput(NamedTuple):
 
 
 def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
-         config: HRNNConfig, layout: Layout | None = None) -> StepOutput:
+         config: HRNNConfig, layout: Layout | None = None, fused: bool = False) -> StepOutput:
   """One optimizer step over all parameter tensors: (meta, state, grads) -> (updates, state).
 
   The caller applies `params[i] -= updates[i]`. A `None` gradient leaves that tensor and its
-  state untouched (its old state still enters the problem-wide means).
+  state untouched (its old state still enters the problem-wide means). `fused` runs the row
+  pass as the compiled kernel (see `step_flat`; the caller checks `kernels.available`).
   """
   if layout is None:
     layout = Layout([g.shape for g in grads])
@@ -514,7 +515,8 @@ def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
     if tuple(g.shape) != shape:
       raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, expected {shape}")
   update, new_state = step_flat(meta, state, layout.flatten(grads), config,
-                                Segments.from_layout(layout))
+                                Segments.from_layout(layout),
+                                fused_sizes=layout.sizes if fused else None)
   updates = layout.unflatten(update)
   if not all(present):
     new_state = _keep_absent(state, new_state, present, layout)
@@ -522,19 +524,32 @@ def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
   return StepOutput(updates, new_state)
 
 
-def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNConfig,
-              seg: Segments) -> tuple[tf.Tensor, State]:
-  """The step on the flat vector: grad [N] -> (update [N], new state); see `step`.
+class Rows(NamedTuple):
+  """The per-row part of a step (`_rows`; `kernels.row_pass` computes the same values).
 
-  `seg` says which tensor every row belongs to (and, for padded vectors, which rows and
-  tensor slots are real: padded rows get a zero update and stay out of every statistic).
+  New per-parameter state (param_hidden, momentum, mean_square, nominal_rms), the direction
+  before its per-tensor normalisation [N, 1] (readout + shortcut, preconditioned), the nominal
+  direction [N] (None without the nominal term), the log-step-length delta [N], and per-tensor
+  means [T, ...] of [new Parameter GRU state, features] (the Tensor GRU's input), of
+  direction^2 and of nominal^2 (None without the nominal term). `scaled` [N, S] (the squashed
+  momenta) is kept for the attention readout; the fused path does not implement attention.
   """
-  meta = {k: tf.cast(v, tf.float32) for k, v in meta.items()}
-  s = config.num_timescales
-  g = tf.reshape(tf.cast(grad, tf.float32), [-1, 1])                 # [N, 1]
-  first_step = tf.equal(state.step, 0)
-  state = state._replace(**{f: tf.cast(getattr(state, f), tf.float32) for f in STORED_FIELDS})
+  param_hidden: tf.Tensor
+  momentum: tf.Tensor
+  mean_square: tf.Tensor
+  nominal_rms: tf.Tensor
+  direction: tf.Tensor
+  nominal: tf.Tensor | None
+  delta_log_lr: tf.Tensor
+  tensor_input: tf.Tensor
+  direction_ms: tf.Tensor
+  nominal_ms: tf.Tensor | None
+  scaled: tf.Tensor | None
 
+
+def _rows(meta: MetaParamsDict, config: HRNNConfig, state: State, g: tf.Tensor,
+          seg: Segments, first_step: tf.Tensor, param_bias: tf.Tensor) -> Rows:
+  """The reference row pass, in TF ops (state in float32, g [N, 1])."""
   # Multi-timescale momentum (eq. 1) and RMS of the averaged gradients (eq. 2).
   momentum_decay, rms_decay = _decays(meta, config, state.param_hidden, first_step)
   momentum = momentum_decay * state.momentum + (1.0 - momentum_decay) * g           # [N, S]
@@ -555,28 +570,9 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
   x = tf.concat(features, axis=1)                                                   # [N, F]
 
   # Parameter GRU with biases from the previous Tensor and Global states (eq. 10).
-  param_bias = (_affine(meta, "param_bias_from_tensor", state.tensor_hidden)         # [T, 3K_P]
-                + _affine(meta, "param_bias_from_global", state.global_hidden))
   param_hidden = _bias_gru(meta, "param_rnn", x, state.param_hidden, param_bias,
                            broadcast=seg.broadcast)                                 # [N, K_P]
-
-  # Tensor GRU on the per-tensor mean of [new parameter state, inputs] (eq. 11).
   tensor_input = tf.concat([seg.mean(param_hidden), seg.mean(x)], axis=1)           # [T, ...]
-  tensor_bias = _affine(meta, "tensor_bias_from_global", state.global_hidden)
-  tensor_hidden = _bias_gru(meta, "tensor_rnn", tensor_input, state.tensor_hidden, tensor_bias)
-
-  # Global GRU on the mean over all tensors (eq. 12; the original used the last tensor only).
-  global_input = seg.tensor_mean(tensor_hidden)
-  global_hidden = _bias_gru(meta, "global_rnn", global_input, state.global_hidden, None)
-
-  # Direction: readout + gradient shortcut (A.1), unit RMS per tensor (eq. 5).
-  def unit_rms_direction(readout_name, shortcut_name, precondition):
-    direction = tf.matmul(param_hidden, meta[readout_name])
-    if config.use_gradient_shortcut:
-      direction += tf.matmul(scaled, meta[shortcut_name])
-    if precondition is not None:
-      direction *= precondition
-    return direction * tf.math.rsqrt(seg.broadcast(seg.mean(tf.square(direction))) + _EPS)
 
   # Nominal term state (seed paper 2): RMS of the raw gradient, fixed-form EMA.
   nominal_rms = state.nominal_rms
@@ -593,10 +589,105 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
       # direction normalisation to fold it into).
       source = raw_ms if config.nominal_term else mean_square[:, :1]
       precondition = tf.math.rsqrt(source + _EPS)
-  direction = unit_rms_direction("readout/direction", "readout/shortcut", precondition)
+
+  # Direction: readout + gradient shortcut (A.1), before its unit RMS per tensor (eq. 5).
+  direction = _raw_direction(meta, config, param_hidden, scaled, "readout/direction",
+                             "readout/shortcut", precondition)
+  nominal = nominal_ms = None
+  if config.nominal_term:
+    # AdamAggMo: mean over timescales of m_s / sqrt(v).
+    nominal = tf.reduce_mean(momentum, axis=1) * tf.math.rsqrt(nominal_rms + _EPS)
+    nominal_ms = seg.mean(tf.square(nominal[:, None]))
+  delta_log_lr = _affine(meta, "readout/log_lr_delta", param_hidden)[:, 0]
+  return Rows(param_hidden=param_hidden, momentum=momentum, mean_square=mean_square,
+              nominal_rms=nominal_rms, direction=direction, nominal=nominal,
+              delta_log_lr=delta_log_lr, tensor_input=tensor_input,
+              direction_ms=seg.mean(tf.square(direction)), nominal_ms=nominal_ms,
+              scaled=scaled)
+
+
+def _raw_direction(meta, config, param_hidden, scaled, readout_name, shortcut_name,
+                   precondition):
+  direction = tf.matmul(param_hidden, meta[readout_name])
+  if config.use_gradient_shortcut:
+    direction += tf.matmul(scaled, meta[shortcut_name])
+  if precondition is not None:
+    direction *= precondition
+  return direction
+
+
+def _fused_rows(meta: MetaParamsDict, config: HRNNConfig, state: State, g: tf.Tensor,
+                seg: Segments, first_step: tf.Tensor, param_bias: tf.Tensor,
+                sizes: Sequence[int]) -> Rows:
+  """`_rows` by the compiled kernel (learned_opt/kernels): same values, stored state."""
+  from learned_opt import kernels
+  k, s = config.param_units, config.num_timescales
+  momentum_decay, rms_decay = _decays(meta, config, None, first_step)
+  raw_decay = config.nominal_rms_decay * (1.0 - tf.cast(first_step, tf.float32))
+  small = tf.concat([
+      tf.reshape(momentum_decay, [s]), tf.reshape(rms_decay, [1]), tf.reshape(raw_decay, [1]),
+      tf.reshape(seg.element_mean(state.log_lr), [1]),
+      tf.reshape(meta["readout/direction"], [k]), tf.reshape(meta["readout/shortcut"], [s]),
+      tf.reshape(meta["readout/log_lr_delta/kernel"], [k]),
+      tf.reshape(meta["readout/log_lr_delta/bias"], [1])], axis=0)
+  prefix = "param_rnn"
+  kernel = tf.concat([
+      tf.concat([meta[f"{prefix}/gates/kernel_x"], meta[f"{prefix}/candidate/kernel_x"]], 1),
+      tf.concat([meta[f"{prefix}/gates/kernel_h"], tf.zeros([k, k], tf.float32)], 1),
+  ], 0)
+  bias = tf.concat([meta[f"{prefix}/gates/bias"], meta[f"{prefix}/candidate/bias"]], 0)
+  out = kernels.row_pass(g[:, 0], state, config, bias + param_bias, kernel,
+                         meta[f"{prefix}/candidate/kernel_h"], small, sizes)
+  means = out.sums / seg.counts
+  width = k + config.input_size
+  return Rows(param_hidden=out.param_hidden, momentum=out.momentum,
+              mean_square=out.mean_square, nominal_rms=out.nominal_rms,
+              direction=out.direction[:, None], nominal=out.nominal,
+              delta_log_lr=out.delta_log_lr, tensor_input=means[:, :width],
+              direction_ms=means[:, width:width + 1], nominal_ms=means[:, width + 1:],
+              scaled=None)
+
+
+def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNConfig,
+              seg: Segments, fused_sizes: Sequence[int] | None = None
+              ) -> tuple[tf.Tensor, State]:
+  """The step on the flat vector: grad [N] -> (update [N], new state); see `step`.
+
+  `seg` says which tensor every row belongs to (and, for padded vectors, which rows and
+  tensor slots are real: padded rows get a zero update and stay out of every statistic).
+  `fused_sizes` (the rows of each tensor, contiguous and in order) runs the row pass as the
+  compiled kernel (`learned_opt.kernels`): only under XLA on CPU, without a gradient, for a
+  config `kernels.available` accepts.
+  """
+  meta = {k: tf.cast(v, tf.float32) for k, v in meta.items()}
+  g = tf.reshape(tf.cast(grad, tf.float32), [-1, 1])                 # [N, 1]
+  first_step = tf.equal(state.step, 0)
+  stored = state
+  state = state._replace(**{f: tf.cast(getattr(state, f), tf.float32) for f in STORED_FIELDS})
+
+  # Biases injected into the Parameter GRU from the previous Tensor and Global states (eq. 10).
+  param_bias = (_affine(meta, "param_bias_from_tensor", state.tensor_hidden)         # [T, 3K_P]
+                + _affine(meta, "param_bias_from_global", state.global_hidden))
+  if fused_sizes is not None:
+    rows = _fused_rows(meta, config, stored, g, seg, first_step, param_bias, fused_sizes)
+  else:
+    rows = _rows(meta, config, state, g, seg, first_step, param_bias)
+  param_hidden = rows.param_hidden
+
+  # Tensor GRU on the per-tensor mean of [new parameter state, inputs] (eq. 11).
+  tensor_bias = _affine(meta, "tensor_bias_from_global", state.global_hidden)
+  tensor_hidden = _bias_gru(meta, "tensor_rnn", rows.tensor_input, state.tensor_hidden,
+                            tensor_bias)
+
+  # Global GRU on the mean over all tensors (eq. 12; the original used the last tensor only).
+  global_input = seg.tensor_mean(tensor_hidden)
+  global_hidden = _bias_gru(meta, "global_rnn", global_input, state.global_hidden, None)
+
+  # Direction at unit RMS per tensor (eq. 5).
+  direction = rows.direction * tf.math.rsqrt(seg.broadcast(rows.direction_ms) + _EPS)
 
   # Step length (eq. 7-8): log step relative to a running average with learned momentum.
-  delta_log_lr = _affine(meta, "readout/log_lr_delta", param_hidden)[:, 0]
+  delta_log_lr = rows.delta_log_lr
   step_log_lr = _clip_forward(state.log_lr + delta_log_lr, config.max_log_lr)
   lr_momentum = tf.sigmoid(meta["log_lr_momentum_logit"])
   if config.anchored_log_lr:
@@ -613,14 +704,12 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
     progress = tf.math.log1p(tf.cast(state.step, tf.float32) / config.schedule_steps)
     log_schedule = {name: tf.minimum(meta[f"schedule/{name}"], 0.0) * progress
                     for name in ("blackbox", "nominal") if f"schedule/{name}" in meta}
-  if config.nominal_term:
-    # AdamAggMo: mean over timescales of m_s / sqrt(v).
-    nominal = tf.reduce_mean(momentum, axis=1) * tf.math.rsqrt(nominal_rms + _EPS)
+  nominal = rows.nominal
   if config.anneal_blackbox:
     # Departure: the RNN direction takes the nominal direction's per-tensor RMS instead of 1,
     # so that it shrinks, as Adam's step does, once the gradients fall below their long-run
     # RMS; at unit RMS it kept its full length at interpolation and pushed the weights outward.
-    direction *= seg.broadcast(tf.sqrt(seg.mean(tf.square(nominal[:, None]))))
+    direction *= seg.broadcast(tf.sqrt(rows.nominal_ms))
   blackbox_log_lr = step_log_lr + meta["log_step_offset"] + log_schedule.get("blackbox", 0.0)
   blackbox = (tf.exp(blackbox_log_lr)[:, None] * direction)[:, 0]
   if config.blackbox_gain:
@@ -638,16 +727,18 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
     # Gradients were taken at phi = theta + offset. theta_new = theta - update, and the next
     # attended point is phi_new = theta - lr_att * d_att (eq. 6, 9: an offset from the old
     # theta, step length without the learned offset). The variable holds phi.
-    attention = unit_rms_direction("readout/attention", "readout/attention_shortcut", None)
+    attention = _raw_direction(meta, config, param_hidden, rows.scaled, "readout/attention",
+                               "readout/attention_shortcut", None)
+    attention *= tf.math.rsqrt(seg.broadcast(seg.mean(tf.square(attention))) + _EPS)
     attention_step = (tf.exp(step_log_lr)[:, None] * attention)[:, 0]
     variable_update = state.attention_offset + attention_step   # phi - phi_new
     attention_offset = update - attention_step                  # phi_new - theta_new
     update = variable_update
 
   new_state = State(
-      param_hidden=param_hidden, momentum=momentum, mean_square=mean_square, log_lr=log_lr,
-      nominal_rms=nominal_rms, attention_offset=attention_offset, tensor_hidden=tensor_hidden,
-      global_hidden=global_hidden, step=state.step + 1)
+      param_hidden=param_hidden, momentum=rows.momentum, mean_square=rows.mean_square,
+      log_lr=log_lr, nominal_rms=rows.nominal_rms, attention_offset=attention_offset,
+      tensor_hidden=tensor_hidden, global_hidden=global_hidden, step=state.step + 1)
   new_state = _store(new_state, config)
   if seg.element_mask is not None:
     update = update * seg.element_mask

@@ -1,0 +1,231 @@
+"""The fused row pass: hrnn's per-parameter work as one compiled C++ loop (issue 15).
+
+`hrnn.step_flat(..., fused=True)` hands the per-row part of the step (EMAs, features,
+Parameter GRU, readouts, and the per-tensor sums that feed the Tensor GRU) to `row_pass.cc`
+as an XLA CPU custom call, instead of the ~70 fused XLA operations it otherwise compiles to.
+On the 1M-parameter MLP that is the difference between ~20 [N, k] intermediates written and
+read back each step and one pass over the state.
+
+One implementation of the math: `hrnn._rows` is the reference, written in TF ops; the meta-
+trainer differentiates it and never calls the kernel, and the tests check that the kernel
+computes the same values (to float32 round-off and bfloat16 storage rounding) for every shape
+it is built for. The kernel has no gradient: `hrnn` uses it only where nothing differentiates
+the step (the Keras optimizer).
+
+The library is compiled on first use with the system's C++ compiler (`g++`, or `$CXX`) for
+this CPU (-march=native), about 2 s, into `$XDG_CACHE_HOME/learned_opt/kernels/` (or
+`~/.cache/...`), keyed by the source, the compiler and the CPU; later processes load it. No
+TensorFlow headers are needed: the kernel registers itself with XLA through two functions
+that TensorFlow's own library exports. Where any of this is not possible (no compiler, an
+unwritable cache, a TensorFlow build without those exports, a GPU), `available` says why and
+the step runs as TF ops, with one warning. `LEARNED_OPT_FUSED=0` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+ENV = "LEARNED_OPT_FUSED"
+TARGET = "learned_opt_row_pass_v1"
+SOURCE = Path(__file__).with_name("row_pass.cc")
+SHAPES = Path(__file__).with_name("row_pass_shapes.inc")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17",
+         "-fno-math-errno", "-pthread", "-mprefer-vector-width=512")
+# xla::CustomCallTargetRegistry::Global() and ::Register(const string&, void*, const string&).
+_GLOBAL = "_ZN3xla24CustomCallTargetRegistry6GlobalEv"
+_REGISTER = ("_ZN3xla24CustomCallTargetRegistry8RegisterERKNSt7__cxx1112basic_stringIcSt11char_"
+             "traitsIcESaIcEEEPvS8_")
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_why_not: str | None = None      # set once loading failed
+_warned = False
+
+
+def enabled(environ=None) -> bool:
+  environ = os.environ if environ is None else environ
+  return environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def shapes() -> list[tuple[int, int]]:
+  """(Parameter-GRU units, timescales) pairs the kernel is compiled for."""
+  out = []
+  for line in SHAPES.read_text().splitlines():
+    if line.startswith("LEARNED_OPT_SHAPE("):
+      k, s = line[len("LEARNED_OPT_SHAPE("):].split(")")[0].split(",")
+      out.append((int(k), int(s)))
+  return out
+
+
+def supports(config) -> str | None:
+  """None if the kernel computes `config`'s row pass, else the reason it does not."""
+  needed = {"nominal_term": True, "precondition_output": True, "use_gradient_shortcut": True,
+            "use_grad_products": True, "use_log_magnitudes": True, "use_relative_lr": True,
+            "learned_decays": False, "use_attention": False}
+  wrong = [f"{k}={getattr(config, k)}" for k, v in needed.items() if getattr(config, k) != v]
+  if wrong:
+    return f"the fused kernel does not implement {', '.join(wrong)}"
+  if (config.param_units, config.num_timescales) not in shapes():
+    return (f"the fused kernel is not built for param_units={config.param_units}, "
+            f"num_timescales={config.num_timescales} (built for {shapes()})")
+  if config.state_dtype not in ("float32", "bfloat16"):
+    return f"the fused kernel does not store state_dtype={config.state_dtype}"
+  return None
+
+
+def cache_directory(environ=None) -> Path:
+  environ = os.environ if environ is None else environ
+  root = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return Path(root) / "learned_opt" / "kernels"
+
+
+def _compiler() -> str | None:
+  return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+
+
+def library_path(compiler: str) -> Path:
+  """Where the compiled library for this source, compiler and CPU lives."""
+  from learned_opt import compile_cache
+  version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                           timeout=60).stdout
+  key = hashlib.sha256("\0".join([SOURCE.read_text(), SHAPES.read_text(), compiler, version,
+                                  " ".join(FLAGS), compile_cache.cpu_fingerprint()]).encode())
+  return cache_directory() / f"row_pass-{key.hexdigest()[:16]}.so"
+
+
+def build(target: Path, compiler: str) -> None:
+  """Compiles row_pass.cc into `target` (atomically: a half-written library is never there)."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  for stale in target.parent.glob("*.so.tmp"):   # left by a process that ended mid-build
+    try:
+      if time.time() - stale.stat().st_mtime > 3600:
+        stale.unlink()
+    except OSError:
+      pass
+  fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=target.parent)
+  os.close(fd)
+  try:
+    result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True,
+                            text=True, timeout=600)
+    if result.returncode != 0:
+      raise RuntimeError(f"{compiler} failed on {SOURCE}:\n{result.stderr[-2000:]}")
+    os.replace(tmp, target)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _tensorflow_library() -> ctypes.CDLL:
+  import tensorflow as tf
+  root = Path(tf.__file__).parent
+  for name in ("libtensorflow_cc.so.2", "libtensorflow_framework.so.2",
+               "python/_pywrap_tensorflow_internal.so"):
+    path = root / name
+    if path.exists():
+      lib = ctypes.CDLL(str(path))
+      if hasattr(lib, _GLOBAL) and hasattr(lib, _REGISTER):
+        return lib
+  raise RuntimeError(f"TensorFlow {tf.__version__} does not export XLA's custom-call registry "
+                     f"({_GLOBAL}) from {root}")
+
+
+def load() -> ctypes.CDLL | None:
+  """The loaded, registered kernel library, or None (then `why_not()` says why)."""
+  global _library, _why_not
+  with _lock:
+    if _library is not None or _why_not is not None:
+      return _library
+    try:
+      compiler = _compiler()
+      if compiler is None:
+        raise RuntimeError("no C++ compiler (g++ or $CXX) on PATH")
+      path = library_path(compiler)
+      if not path.exists():
+        build(path, compiler)
+      lib = ctypes.CDLL(str(path))
+      tf_lib = _tensorflow_library()
+      lib.learned_opt_register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
+      lib.learned_opt_register(ctypes.cast(getattr(tf_lib, _GLOBAL), ctypes.c_void_p),
+                               ctypes.cast(getattr(tf_lib, _REGISTER), ctypes.c_void_p),
+                               TARGET.encode())
+      _library = lib
+    except Exception as e:   # noqa: BLE001 - any failure means: run the TF-ops step instead
+      _why_not = f"{type(e).__name__}: {e}"
+    return _library
+
+
+def prepare() -> None:
+  """Starts building / loading the library in a background thread (`load` waits for it)."""
+  if _library is None and _why_not is None and enabled():
+    threading.Thread(target=load, name="learned_opt.kernels.load", daemon=True).start()
+
+
+def why_not() -> str | None:
+  return _why_not
+
+
+def available(config) -> str | None:
+  """None if `config`'s row pass can run fused here, else the reason (and a one-time warning
+  when the reason is a failed build or load, which costs speed the user should know about)."""
+  global _warned
+  if not enabled():
+    return f"{ENV}=0"
+  reason = supports(config)
+  if reason is not None:
+    return reason
+  if load() is None:
+    if not _warned:
+      _warned = True
+      warnings.warn(f"learned_opt: the fused optimizer kernel is unavailable ({_why_not}); "
+                    "the step runs as TensorFlow ops, several times slower on large models. "
+                    f"Set {ENV}=0 to silence this.", RuntimeWarning, stacklevel=3)
+    return _why_not
+  return None
+
+
+def threads() -> int:
+  try:
+    count = len(os.sched_getaffinity(0))
+  except AttributeError:   # pragma: no cover - not Linux
+    count = os.cpu_count() or 1
+  return max(1, min(count, 8))
+
+
+class Rows:
+  """What the row pass returns (new per-row state in storage dtype; see row_pass.cc)."""
+
+  def __init__(self, outputs):
+    (self.param_hidden, self.momentum, self.mean_square, self.nominal_rms, self.direction,
+     self.nominal, self.delta_log_lr, self.sums) = outputs
+
+
+def row_pass(grad, state, config, bias, kernel, kernel_ch, small, sizes) -> Rows:
+  """Emits the custom call. grad [N] f32; state leaves as stored; bias [T, 3K] (GRU bias plus
+  the injected per-tensor bias); kernel [F + K, 3K]; kernel_ch [K, K]; small: the packed
+  per-call scalars (row_pass.cc `Small`); sizes: rows per tensor, in order."""
+  import tensorflow as tf
+  from tensorflow.compiler.tf2xla.python import xla
+  if load() is None:
+    raise RuntimeError(f"the fused kernel is unavailable: {_why_not}")
+  k, s = config.param_units, config.num_timescales
+  n, t = int(sum(sizes)), len(sizes)
+  store = tf.as_dtype(config.state_dtype)
+  bf16 = int(store == tf.bfloat16)
+  opaque = " ".join(str(v) for v in [k, s, bf16, threads(), t, *sizes])
+  specs = [tf.TensorSpec([n, k], store), tf.TensorSpec([n, s], store),
+           tf.TensorSpec([n, s], store)] + [tf.TensorSpec([n], tf.float32)] * 4 + [
+               tf.TensorSpec([t, k + 3 * s + 2], tf.float32)]
+  operands = [tf.cast(grad, tf.float32), tf.cast(state.param_hidden, store),
+              tf.cast(state.momentum, store), tf.cast(state.mean_square, store),
+              tf.cast(state.log_lr, tf.float32), tf.cast(state.nominal_rms, tf.float32),
+              bias, kernel, kernel_ch, small]
+  return Rows(xla.custom_call_v2(TARGET, operands, specs, backend_config=opaque))

@@ -1,0 +1,447 @@
+// The Parameter-GRU row pass of hrnn.step_flat as one loop over the rows (an XLA CPU custom
+// call). learned_opt/kernels/__init__.py builds, loads and calls it; hrnn._rows is the same
+// math as TensorFlow ops, the reference it is tested against and the form the meta-trainer
+// differentiates.
+//
+// Per row (one parameter): the momentum and mean-square EMAs, the input features, the
+// Parameter GRU, the direction before its per-tensor normalisation, the nominal (Adam-like)
+// direction, the log-step-length delta, and the raw-gradient mean square. Per tensor: the sums
+// that hrnn turns into means (the new GRU state, the features, direction^2, nominal^2).
+// Compiled with g++ -O3 -march=native; the row loop is vectorised (#pragma omp simd) and split
+// over threads for large vectors. No TensorFlow headers: the XLA registry is reached through
+// two function pointers that Python looks up in TensorFlow's own library.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#define LO_INLINE inline __attribute__((always_inline))
+
+namespace {
+
+// ---- float32 math, written to vectorise (bit-level, no libm calls) -------------------------
+
+LO_INLINE float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
+LO_INLINE int32_t float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
+// c ? a : b as bit arithmetic: plain ternaries get turned into branches (jump threading),
+// which stops the row loop from being vectorised.
+LO_INLINE float pick(bool c, float a, float b) {
+  const int32_t mask = -static_cast<int32_t>(c);
+  return bits_to_float((float_to_bits(a) & mask) | (float_to_bits(b) & ~mask));
+}
+
+// exp(x) for |x| <= 88: Cody-Waite reduction by ln 2 and a degree-6 polynomial (Cephes expf).
+LO_INLINE float exp_f(float x) {
+  x = pick(x > 88.0f, 88.0f, x);
+  x = pick(x < -87.0f, -87.0f, x);
+  float n = std::nearbyint(x * 1.44269504088896341f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  return p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+}
+
+// log(x) for x > 0 (Cephes logf); +inf -> +inf, NaN -> NaN, 0 -> a large negative value.
+LO_INLINE float log_f(float x) {
+  const float orig = x;
+  x = pick(x < 1.17549435e-38f, 1.17549435e-38f, x);
+  int32_t bits = float_to_bits(x);
+  int32_t e = ((bits >> 23) & 0xff) - 126;
+  float m = bits_to_float((bits & 0x007fffff) | 0x3f000000);   // in [0.5, 1)
+  bool small = m < 0.707106781186547524f;
+  e -= static_cast<int32_t>(small);
+  m = pick(small, m + m, m) - 1.0f;
+  float z = m * m;
+  float y = 7.0376836292E-2f;
+  y = y * m - 1.1514610310E-1f;
+  y = y * m + 1.1676998740E-1f;
+  y = y * m - 1.2420140846E-1f;
+  y = y * m + 1.4249322787E-1f;
+  y = y * m - 1.6668057665E-1f;
+  y = y * m + 2.0000714765E-1f;
+  y = y * m - 2.4999993993E-1f;
+  y = y * m + 3.3333331174E-1f;
+  y = y * m * z;
+  float fe = static_cast<float>(e);
+  y += fe * -2.12194440e-4f;
+  y += -0.5f * z;
+  float result = m + y + fe * 0.693359375f;
+  result = pick(orig == INFINITY, orig, result);
+  return pick(orig != orig, orig, result);
+}
+
+// log1p(x) for x >= 0, to about an ulp: log(u) * x / (u - 1) with u = 1 + x.
+LO_INLINE float log1p_f(float x) {
+  float u = 1.0f + x;
+  float d = u - 1.0f;
+  float r = log_f(u) * (x / pick(d == 0.0f, 1.0f, d));
+  return pick(d == 0.0f, x, r);
+}
+
+LO_INLINE float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+// tanh: odd polynomial below 0.625 (Cephes tanhf), 1 - 2 / (exp(2|x|) + 1) above.
+LO_INLINE float tanh_f(float x) {
+  float a = std::fabs(x);
+  float z = x * x;
+  float p = -5.70498872745E-3f;
+  p = p * z + 2.06390887954E-2f;
+  p = p * z - 5.37397155531E-2f;
+  p = p * z + 1.33314422036E-1f;
+  p = p * z - 3.33332819422E-1f;
+  float small = p * z * x + x;
+  float big = 1.0f - 2.0f / (exp_f(2.0f * a) + 1.0f);
+  big = pick(x < 0.0f, -big, big);
+  return pick(a < 0.625f, small, big);
+}
+
+// asinh as hrnn._asinh: sign(x) log1p(|x| + x^2 / (1 + sqrt(1 + x^2))).
+LO_INLINE float asinh_f(float x) {
+  float a = std::fabs(x);
+  float root = std::sqrt(1.0f + x * x);
+  float y = log1p_f(a + a * a / (1.0f + root));
+  return pick(x < 0.0f, -y, y);
+}
+
+// bfloat16 <-> float32, rounding to nearest even as TensorFlow's cast does (NaN stays NaN).
+LO_INLINE float load(const uint16_t* p, int64_t i) {
+  return bits_to_float(static_cast<int32_t>(static_cast<uint32_t>(p[i]) << 16));
+}
+LO_INLINE float load(const float* p, int64_t i) { return p[i]; }
+LO_INLINE void store(uint16_t* p, int64_t i, float f) {
+  uint32_t b = static_cast<uint32_t>(float_to_bits(f));
+  uint32_t rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  p[i] = static_cast<uint16_t>(f != f ? ((b >> 16) | 0x40u) : rounded);
+}
+LO_INLINE void store(float* p, int64_t i, float f) { p[i] = f; }
+
+constexpr float kMsEps = 1e-12f;   // hrnn._MS_EPS
+constexpr float kEps = 1e-16f;     // hrnn._EPS
+
+// ---- the row pass ----------------------------------------------------------------------------
+
+// Small operands, read once per call (layout of the `small` input, see kernels/__init__.py).
+template <int K, int S>
+struct Small {
+  float momentum_decay[S], rms_decay, raw_decay, mean_log_lr;
+  float readout_direction[K], shortcut[S], readout_lr[K], lr_bias;
+  explicit Small(const float* p) {
+    for (int s = 0; s < S; ++s) momentum_decay[s] = *p++;
+    rms_decay = *p++; raw_decay = *p++; mean_log_lr = *p++;
+    for (int k = 0; k < K; ++k) readout_direction[k] = *p++;
+    for (int s = 0; s < S; ++s) shortcut[s] = *p++;
+    for (int k = 0; k < K; ++k) readout_lr[k] = *p++;
+    lr_bias = *p++;
+  }
+};
+
+template <typename Store, int K, int S>
+struct Args {
+  static constexpr int F = 3 * S;          // scaled momenta, products, log magnitudes, rel. lr
+  static constexpr int G = 3 * K;          // reset, update, candidate
+  static constexpr int R = K + F + 2;      // per-tensor sums: h, x, direction^2, nominal^2
+  const float* grad; const Store* h; const Store* m; const Store* v;
+  const float* log_lr; const float* nominal_rms; const float* bias;   // bias [T, 3K]
+  const float* kernel; const float* kernel_ch;                        // [F + K, 3K], [K, K]
+  Store* h_out; Store* m_out; Store* v_out;
+  float* nominal_rms_out; float* direction; float* nominal; float* delta_log_lr;
+};
+
+constexpr int kLanes = 16;
+
+// Weights of the Parameter GRU with the tensor's injected bias folded in, and the call's
+// scalars: what one row needs besides its own data.
+template <int K, int S>
+struct Weights {
+  static constexpr int F = 3 * S, G = 3 * K;
+  float w[F + K][G], wc[K][K], b[G];
+};
+
+// Lane buffers of one block of kLanes rows: the stored per-row state, transposed to
+// [field][lane] in float32 so that the row loop reads and writes it contiguously.
+template <int K, int S>
+struct Block {
+  float h[K][kLanes], m[S][kLanes], v[S][kLanes];
+};
+
+// One row (lane l of the block starting at row i - l): reads `in`, writes `out` and the flat
+// outputs, and its contributions to the tensor sums (part[r * kLanes]).
+template <typename Store, int K, int S>
+LO_INLINE void row(const Args<Store, K, S>& a, const Small<K, S>& c, const Weights<K, S>& wt,
+                   int64_t i, int l, const Block<K, S>& in, Block<K, S>& out, float* part) {
+  using A = Args<Store, K, S>;
+  constexpr int F = A::F, G = A::G;
+  const float g = a.grad[i];
+  float m[S], v[S], x[F], h[K];
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) h[k] = in.h[k][l];
+  float log_ms_mean = 0.0f, m_mean = 0.0f;
+#pragma GCC unroll 16
+  for (int s = 0; s < S; ++s) {
+    const float md = c.momentum_decay[s];
+    m[s] = md * in.m[s][l] + (1.0f - md) * g;
+    v[s] = c.rms_decay * in.v[s][l] + (1.0f - c.rms_decay) * (m[s] * m[s] + kMsEps);
+    x[s] = asinh_f(m[s] * (1.0f / std::sqrt(v[s] + kEps)));
+    x[2 * S - 1 + s] = log_f(v[s] + kEps);
+    log_ms_mean += x[2 * S - 1 + s];
+    m_mean += m[s];
+  }
+  log_ms_mean *= 1.0f / S;
+#pragma GCC unroll 16
+  for (int s = 0; s + 1 < S; ++s) x[S + s] = x[s] * x[s + 1];
+#pragma GCC unroll 16
+  for (int s = 0; s < S; ++s) x[2 * S - 1 + s] -= log_ms_mean;
+  x[F - 1] = a.log_lr[i] - c.mean_log_lr;
+  // Parameter GRU (hrnn._bias_gru): gates and candidate input part in one pass.
+  float pre[G];
+#pragma GCC unroll 64
+  for (int j = 0; j < G; ++j) pre[j] = wt.b[j];
+#pragma GCC unroll 16
+  for (int f = 0; f < F; ++f) {
+#pragma GCC unroll 64
+    for (int j = 0; j < G; ++j) pre[j] += x[f] * wt.w[f][j];
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) {
+#pragma GCC unroll 64
+    for (int j = 0; j < 2 * K; ++j) pre[j] += h[k] * wt.w[F + k][j];
+  }
+  float reset_h[K], update[K], hn[K];
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) {
+    reset_h[k] = sigmoid_f(pre[k]) * h[k];
+    update[k] = sigmoid_f(pre[K + k]);
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) {
+    float cand = pre[2 * K + k];
+#pragma GCC unroll 16
+    for (int q = 0; q < K; ++q) cand += reset_h[q] * wt.wc[q][k];
+    hn[k] = update[k] * h[k] + (1.0f - update[k]) * tanh_f(cand);
+  }
+  // Raw-gradient mean square (nominal term) and the output preconditioner.
+  const float raw_ms = c.raw_decay * a.nominal_rms[i] + (1.0f - c.raw_decay) * g * g;
+  const float precondition = 1.0f / std::sqrt(raw_ms + kEps);
+  float dir = 0.0f, delta = c.lr_bias;
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) {
+    dir += hn[k] * c.readout_direction[k];
+    delta += hn[k] * c.readout_lr[k];
+  }
+#pragma GCC unroll 16
+  for (int s = 0; s < S; ++s) dir += x[s] * c.shortcut[s];
+  dir *= precondition;
+  const float nominal = m_mean * (1.0f / S) * precondition;
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) out.h[k][l] = hn[k];
+#pragma GCC unroll 16
+  for (int s = 0; s < S; ++s) {
+    out.m[s][l] = m[s];
+    out.v[s][l] = v[s];
+  }
+  a.nominal_rms_out[i] = raw_ms;
+  a.direction[i] = dir;
+  a.nominal[i] = nominal;
+  a.delta_log_lr[i] = delta;
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) part[k * kLanes] = hn[k];
+#pragma GCC unroll 16
+  for (int f = 0; f < F; ++f) part[(K + f) * kLanes] = x[f];
+  part[(K + F) * kLanes] = dir * dir;
+  part[(K + F + 1) * kLanes] = nominal * nominal;
+}
+
+// Rows [begin, end) of tensor t; adds the tensor's sums into acc[R] (double).
+template <typename Store, int K, int S>
+void rows(const Args<Store, K, S>& a, const Small<K, S>& c, int t, int64_t begin, int64_t end,
+          double* acc) {
+  using A = Args<Store, K, S>;
+  constexpr int F = A::F, G = A::G, R = A::R;
+  Weights<K, S> wt;
+  for (int i = 0; i < F + K; ++i) for (int j = 0; j < G; ++j) wt.w[i][j] = a.kernel[i * G + j];
+  for (int i = 0; i < K; ++i) for (int j = 0; j < K; ++j) wt.wc[i][j] = a.kernel_ch[i * K + j];
+  for (int j = 0; j < G; ++j) wt.b[j] = a.bias[t * G + j];
+  float part[R * kLanes];
+  float block[R * kLanes];
+  for (int r = 0; r < R * kLanes; ++r) block[r] = 0.0f;
+  Block<K, S> in, out;
+  // Transposes rows [base, base + lanes) between the stored layout and the lane buffers.
+  auto gather = [&](int64_t base, int lanes) {
+    for (int l = 0; l < lanes; ++l) {
+      for (int k = 0; k < K; ++k) in.h[k][l] = load(a.h, (base + l) * K + k);
+      for (int s = 0; s < S; ++s) {
+        in.m[s][l] = load(a.m, (base + l) * S + s);
+        in.v[s][l] = load(a.v, (base + l) * S + s);
+      }
+    }
+  };
+  auto scatter = [&](int64_t base, int lanes) {
+    for (int l = 0; l < lanes; ++l) {
+      for (int k = 0; k < K; ++k) store(a.h_out, (base + l) * K + k, out.h[k][l]);
+      for (int s = 0; s < S; ++s) {
+        store(a.m_out, (base + l) * S + s, out.m[s][l]);
+        store(a.v_out, (base + l) * S + s, out.v[s][l]);
+      }
+    }
+  };
+  int64_t base = begin;
+  int blocks = 0;
+  for (; base + kLanes <= end; base += kLanes) {
+    gather(base, kLanes);
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) row<Store, K, S>(a, c, wt, base + l, l, in, out, part + l);
+    scatter(base, kLanes);
+#pragma omp simd
+    for (int r = 0; r < R * kLanes; ++r) block[r] += part[r];
+    if (++blocks == 64) {   // float sums over at most 1,024 rows, then into double
+      for (int r = 0; r < R; ++r) {
+        float s = 0.0f;
+        for (int l = 0; l < kLanes; ++l) s += block[r * kLanes + l];
+        acc[r] += s;
+      }
+      for (int r = 0; r < R * kLanes; ++r) block[r] = 0.0f;
+      blocks = 0;
+    }
+  }
+  for (int r = 0; r < R * kLanes; ++r) part[r] = 0.0f;
+  const int tail = static_cast<int>(end - base);
+  gather(base, tail);
+  for (int l = 0; l < tail; ++l) row<Store, K, S>(a, c, wt, base + l, l, in, out, part + l);
+  scatter(base, tail);
+  for (int r = 0; r < R; ++r) {
+    float s = 0.0f;
+    for (int l = 0; l < kLanes; ++l) s += block[r * kLanes + l] + part[r * kLanes + l];
+    acc[r] += s;
+  }
+}
+
+struct Config {
+  int units = 0, timescales = 0, bf16 = 0, threads = 1;
+  int64_t total = 0;
+  std::vector<int64_t> offsets;   // T + 1 row offsets of the tensors
+};
+
+Config parse(const char* opaque, size_t len) {
+  std::string text(opaque, len);
+  Config cfg;
+  char* p = text.data();
+  cfg.units = static_cast<int>(std::strtol(p, &p, 10));
+  cfg.timescales = static_cast<int>(std::strtol(p, &p, 10));
+  cfg.bf16 = static_cast<int>(std::strtol(p, &p, 10));
+  cfg.threads = static_cast<int>(std::strtol(p, &p, 10));
+  const long tensors = std::strtol(p, &p, 10);
+  cfg.offsets.push_back(0);
+  for (long t = 0; t < tensors; ++t) cfg.offsets.push_back(cfg.offsets.back() + std::strtoll(p, &p, 10));
+  cfg.total = cfg.offsets.back();
+  return cfg;
+}
+
+template <typename Store, int K, int S>
+void run(void* out, const void** in, const Config& cfg) {
+  using A = Args<Store, K, S>;
+  void** outs = reinterpret_cast<void**>(out);
+  A a;
+  a.grad = static_cast<const float*>(in[0]);
+  a.h = static_cast<const Store*>(in[1]);
+  a.m = static_cast<const Store*>(in[2]);
+  a.v = static_cast<const Store*>(in[3]);
+  a.log_lr = static_cast<const float*>(in[4]);
+  a.nominal_rms = static_cast<const float*>(in[5]);
+  a.bias = static_cast<const float*>(in[6]);
+  a.kernel = static_cast<const float*>(in[7]);
+  a.kernel_ch = static_cast<const float*>(in[8]);
+  const Small<K, S> small(static_cast<const float*>(in[9]));
+  a.h_out = static_cast<Store*>(outs[0]);
+  a.m_out = static_cast<Store*>(outs[1]);
+  a.v_out = static_cast<Store*>(outs[2]);
+  a.nominal_rms_out = static_cast<float*>(outs[3]);
+  a.direction = static_cast<float*>(outs[4]);
+  a.nominal = static_cast<float*>(outs[5]);
+  a.delta_log_lr = static_cast<float*>(outs[6]);
+  float* sums = static_cast<float*>(outs[7]);
+  constexpr int R = A::R;
+  const int tensors = static_cast<int>(cfg.offsets.size()) - 1;
+  // Split the rows into equal contiguous chunks, one per thread; each keeps its own sums.
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(
+      cfg.threads, cfg.total / 65536)));
+  std::vector<double> acc(static_cast<size_t>(threads) * tensors * R, 0.0);
+  auto work = [&](int w) {
+    const int64_t lo = cfg.total * w / threads, hi = cfg.total * (w + 1) / threads;
+    for (int t = 0; t < tensors; ++t) {
+      const int64_t b = std::max(lo, cfg.offsets[t]), e = std::min(hi, cfg.offsets[t + 1]);
+      if (b < e) rows<Store, K, S>(a, small, t, b, e, &acc[(static_cast<size_t>(w) * tensors + t) * R]);
+    }
+  };
+  if (threads == 1) {
+    work(0);
+  } else {
+    std::vector<std::thread> pool;
+    for (int w = 1; w < threads; ++w) pool.emplace_back(work, w);
+    work(0);
+    for (auto& th : pool) th.join();
+  }
+  for (int t = 0; t < tensors; ++t)
+    for (int r = 0; r < R; ++r) {
+      double s = 0.0;
+      for (int w = 0; w < threads; ++w) s += acc[(static_cast<size_t>(w) * tensors + t) * R + r];
+      sums[t * R + r] = static_cast<float>(s);
+    }
+}
+
+template <int K, int S>
+bool dispatch_storage(void* out, const void** in, const Config& cfg) {
+  if (cfg.bf16) run<uint16_t, K, S>(out, in, cfg); else run<float, K, S>(out, in, cfg);
+  return true;
+}
+
+bool dispatch(void* out, const void** in, const Config& cfg) {
+#define LEARNED_OPT_SHAPE(K, S) \
+  if (cfg.units == K && cfg.timescales == S) return dispatch_storage<K, S>(out, in, cfg);
+#include "row_pass_shapes.inc"
+#undef LEARNED_OPT_SHAPE
+  return false;
+}
+
+using GlobalFn = void* (*)();
+using RegisterFn = void (*)(void*, const std::string&, void*, const std::string&);
+
+}  // namespace
+
+extern "C" {
+
+// XLA's API_VERSION_STATUS_RETURNING_UNIFIED signature (custom_call_v2); the status argument
+// is not used: hrnn only calls shapes this library was built for (learned_opt_supports).
+void learned_opt_row_pass(void* out, const void** in, const char* opaque, size_t opaque_len,
+                          void* /*status*/) {
+  const Config cfg = parse(opaque, opaque_len);
+  if (!dispatch(out, in, cfg)) std::abort();
+}
+
+int learned_opt_supports(int units, int timescales) {
+#define LEARNED_OPT_SHAPE(K, S) if (units == K && timescales == S) return 1;
+#include "row_pass_shapes.inc"
+#undef LEARNED_OPT_SHAPE
+  return 0;
+}
+
+// Registers the kernel under `name` for XLA's "Host" platform, given the addresses of
+// xla::CustomCallTargetRegistry::Global and ::Register in TensorFlow's library.
+void learned_opt_register(void* global_fn, void* register_fn, const char* name) {
+  void* registry = reinterpret_cast<GlobalFn>(global_fn)();
+  reinterpret_cast<RegisterFn>(register_fn)(registry, std::string(name),
+                                            reinterpret_cast<void*>(&learned_opt_row_pass),
+                                            std::string("Host"));
+}
+
+}  // extern "C"

@@ -1,0 +1,183 @@
+"""The fused row pass (learned_opt/kernels): same values as hrnn's TF-ops reference."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import learned_opt
+from learned_opt import config as config_lib
+from learned_opt import hrnn
+from learned_opt import kernels
+from learned_opt import weights as weights_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(kernels.load() is None,
+                                reason=f"fused kernel unavailable: {kernels.why_not()}")
+
+
+def _meta(cfg, name):
+  if name is None:
+    values = hrnn.init_meta_params(cfg, seed=3)
+  else:
+    values = weights_lib.load_for(name, cfg).meta
+  return {k: tf.constant(v) for k, v in values.items()}
+
+
+def _grads(shapes, rng, i):
+  # Magnitudes from 1e-7 to 1e2 across elements and steps: exercises every branch of the
+  # kernel's exp / log / tanh / asinh.
+  out = []
+  for s in shapes:
+    scale = 10.0 ** rng.uniform(-7, 2, size=s)
+    out.append(tf.constant((rng.standard_normal(s) * scale * (3.0 if i % 3 else 0.1))
+                           .astype(np.float32)))
+  return out
+
+
+def _compare_steps(cfg, meta, shapes, steps, seed=0, sums_atol=1e-6):
+  """Runs the reference step for `steps` steps; at each, also the fused step from the same
+  state, and checks updates and new state agree. `sums_atol`: the Tensor and Global GRU
+  states take per-tensor means, which the reference sums in float32 and the kernel in
+  float64; over 10^5 rows they differ in the fifth digit (the kernel's are the exact ones)."""
+  layout = hrnn.Layout(shapes)
+  ref = tf.function(lambda m, s, g: hrnn.step(m, s, g, cfg, layout), jit_compile=True)
+  fused = tf.function(lambda m, s, g: hrnn.step(m, s, g, cfg, layout, fused=True),
+                      jit_compile=True)
+  rng = np.random.default_rng(seed)
+  state = hrnn.init_state(meta, layout, cfg, np.log(1e-3))
+  bf16 = cfg.state_dtype == "bfloat16"
+  for i in range(steps):
+    g = _grads(shapes, rng, i)
+    fused_updates, fused_state = fused(meta, state, g)
+    updates, new_state = ref(meta, state, g)
+    for j, (a, b) in enumerate(zip(fused_updates, updates)):
+      scale = float(tf.reduce_max(tf.abs(b)))
+      np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=2e-4 * scale,
+                                 err_msg=f"step {i}, update of tensor {j}")
+    for field in hrnn.State._fields:
+      a, b = getattr(fused_state, field), getattr(new_state, field)
+      assert a.dtype == b.dtype and a.shape == b.shape, field
+      a = tf.cast(a, tf.float64).numpy()
+      b = tf.cast(b, tf.float64).numpy()
+      if field in hrnn.STORED_FIELDS and bf16:
+        # A value within float32 round-off of a bfloat16 rounding boundary may round to the
+        # neighbouring bfloat16: one bfloat16 ulp (2^-7 relative) at most, and rarely.
+        close = np.abs(a - b) <= 2.0 ** -7 * np.abs(b) + 1e-30
+        assert close.all(), (i, field, np.abs(a - b).max())
+        assert np.mean(a != b) < 0.01, (i, field, np.mean(a != b))
+      else:
+        atol = sums_atol if field in ("tensor_hidden", "global_hidden") else 1e-6
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=f"step {i}, {field}")
+    state = new_state
+
+
+SHAPES = [(17, 5), (5,), (1,), (3, 3, 2), (40,)]   # rows not multiples of the 16 lanes
+
+
+@pytest.mark.parametrize("preset,weights", [("annealed", "default"), ("lean", None),
+                                            ("stable", "stable"), ("scheduled", None)])
+def test_fused_step_matches_reference(preset, weights):
+  cfg = config_lib.get(preset)
+  assert kernels.supports(cfg) is None
+  _compare_steps(cfg, _meta(cfg, weights), SHAPES, steps=6)
+
+
+def test_fused_step_matches_reference_on_two_threads():
+  """Above 2 x 65,536 rows the kernel splits the rows over threads (when it has two cores)."""
+  cfg = config_lib.annealed()
+  _compare_steps(cfg, _meta(cfg, "default"), [(400, 350), (350,), (7,)], steps=2, seed=1,
+                 sums_atol=1e-4)
+
+
+def test_supports_names_what_it_lacks():
+  assert "learned_decays=True" in kernels.supports(config_lib.paper())
+  odd = config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 7})
+  assert "param_units=7" in kernels.supports(odd)
+  assert (6, 3) in kernels.shapes() and (10, 4) in kernels.shapes()
+
+
+def test_keras_optimizer_uses_the_kernel_where_it_can():
+  opt = learned_opt.LearnedOptimizer()
+  assert opt.uses_fused_step
+  assert not learned_opt.LearnedOptimizer(fused_step=False).uses_fused_step
+  assert "jit_step" in learned_opt.LearnedOptimizer(jit_step=False).fused_step_unavailable
+  paper = learned_opt.LearnedOptimizer(weights="paper")
+  assert "nominal_term=False" in paper.fused_step_unavailable
+  assert learned_opt.LearnedOptimizer.from_config(
+      learned_opt.LearnedOptimizer(fused_step=False).get_config())._fused_step is False
+
+
+def test_fit_with_and_without_the_kernel_agrees():
+  """model.fit, jit_compile on and off: the fused and TF-ops steps train alike."""
+  from sklearn.datasets import load_digits
+  x, y = load_digits(return_X_y=True)
+  x, y = (x[:256] / 16.0).astype(np.float32), y[:256]
+  losses = {}
+  for jit in (False, True):
+    for fused in (True, False):
+      keras.utils.set_random_seed(0)
+      model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
+                                keras.layers.Dense(10)])
+      opt = learned_opt.LearnedOptimizer(fused_step=fused)
+      model.compile(optimizer=opt, jit_compile=jit,
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+      history = model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+      assert opt.uses_fused_step == fused
+      losses[jit, fused] = history.history["loss"]
+    np.testing.assert_allclose(losses[jit, True], losses[jit, False], rtol=2e-3)
+
+
+def test_environment_variable_turns_it_off():
+  assert kernels.enabled({})
+  assert not kernels.enabled({kernels.ENV: "0"})
+  assert kernels.enabled({kernels.ENV: "1"})
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path):
+  """Without a compiler the optimizer warns once, runs the TF-ops step, and trains."""
+  script = (
+      "import warnings, numpy as np, keras, learned_opt\n"
+      "with warnings.catch_warnings(record=True) as caught:\n"
+      "  warnings.simplefilter('always')\n"
+      "  opt = learned_opt.LearnedOptimizer()\n"
+      "  assert not opt.uses_fused_step, 'kernel without a compiler'\n"
+      "  assert 'no C++ compiler' in opt.fused_step_unavailable\n"
+      "  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])\n"
+      "  model.compile(optimizer=opt, loss='mse')\n"
+      "  model.fit(np.ones((8, 3)), np.ones((8, 1)), epochs=2, verbose=0)\n"
+      "found = [w for w in caught if 'fused optimizer kernel is unavailable' in str(w.message)]\n"
+      "assert len(found) == 1, [str(w.message) for w in caught]\n"
+      "print('FALLBACK_OK')\n")
+  env = dict(os.environ, CXX="no-such-compiler", PATH="/nonexistent",
+             XDG_CACHE_HOME=str(tmp_path))
+  env.pop(kernels.ENV, None)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+  assert "FALLBACK_OK" in result.stdout, result.stderr[-3000:]
+  assert not list(tmp_path.glob("learned_opt/kernels/*.so"))
+
+
+def test_library_is_built_into_the_cache_once(tmp_path):
+  """A fresh cache directory gets one library, built atomically; a second load reuses it."""
+  compiler = kernels._compiler()
+  path = kernels.library_path(compiler)
+  target = tmp_path / path.name
+  kernels.build(target, compiler)
+  assert target.exists() and not list(tmp_path.glob("*.tmp"))
+  mtime = target.stat().st_mtime_ns
+  assert kernels.library_path(compiler).name == target.name   # same key for the same inputs
+  assert target.stat().st_mtime_ns == mtime
+
+
+def test_build_failure_names_the_source(tmp_path, monkeypatch):
+  monkeypatch.setattr(kernels, "FLAGS", ("-no-such-flag-for-the-compiler",))
+  with pytest.raises(RuntimeError, match="row_pass.cc"):
+    kernels.build(tmp_path / "x.so", kernels._compiler())
+  assert not list(tmp_path.iterdir())
