@@ -43,7 +43,8 @@ def define_flags():
   flags.DEFINE_list("models", ["mlp_small", "many_vars", "mlp_1m"],
                     f"benchmarks.fit_time models, of {fit_time.MODELS}.")
   flags.DEFINE_list("jit", ["off", "on"], "model.compile jit_compile settings (off, on).")
-  flags.DEFINE_list("optimizers", ["adam", "learned"], "adam, learned.")
+  flags.DEFINE_list("optimizers", ["adam", "learned"], "adam, learned, learned_xla "
+                    "(fused_step=False).")
   flags.DEFINE_integer("first_steps", 10, "Steps of the first fit call (compile included).")
   flags.DEFINE_integer("repeats", 2, "Rounds; the median is reported.")
   flags.DEFINE_string("out", "benchmarks/results/first_epoch.json", "Where to write the JSON "
@@ -62,7 +63,8 @@ def child(spec: str) -> None:
   from benchmarks import fit_time
   keras.utils.set_random_seed(0)
   model = fit_time.build_model(model_name)
-  opt = (keras.optimizers.Adam(1e-3) if opt_name == "adam" else learned_opt.LearnedOptimizer())
+  opt = (keras.optimizers.Adam(1e-3) if opt_name == "adam" else
+         learned_opt.LearnedOptimizer(fused_step=opt_name == "learned"))
   model.compile(optimizer=opt, jit_compile=jit == "on",
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   batch = fit_time.BATCH[model_name]
@@ -114,8 +116,8 @@ def main(argv):
     if j not in ("off", "on"):
       raise ValueError(f"--jit: expected off or on, got {j!r}")
   for o in FLAGS.optimizers:
-    if o not in ("adam", "learned"):
-      raise ValueError(f"--optimizers: expected adam or learned, got {o!r}")
+    if o not in ("adam", "learned", "learned_xla"):
+      raise ValueError(f"--optimizers: expected adam, learned or learned_xla, got {o!r}")
   rows = []
   for model in FLAGS.models:
     for jit in FLAGS.jit:

@@ -58,7 +58,9 @@ def define_flags():
   """Flags of the command line only, so that importing this module defines none."""
   flags.DEFINE_list("models", list(MODELS), f"Models to time, of {MODELS}.")
   flags.DEFINE_list("optimizers", ["adam", "sgd", "learned"], "Optimizers to time: adam, "
-                    "sgd, learned, learned_tf (LearnedOptimizer(jit_step=False)).")
+                    "sgd, learned (the default: fused kernel on CPU), learned_xla "
+                    "(fused_step=False: the step as XLA-compiled TF ops), learned_tf "
+                    "(jit_step=False: plain TF ops).")
   flags.DEFINE_list("jit", ["off", "on"], "jit_compile settings to time (off, on).")
   flags.DEFINE_integer("first_steps", 10, "Steps of the first (compiling) epoch.")
   flags.DEFINE_integer("steps_per_execution", 1, "model.compile's steps_per_execution. 1 "
@@ -96,10 +98,11 @@ def make_optimizer(name: str):
     return keras.optimizers.Adam(1e-3)
   if name == "sgd":
     return keras.optimizers.SGD(1e-2)
-  if name in ("learned", "learned_tf"):   # learned_tf: the step as plain TF ops, no XLA.
+  if name in ("learned", "learned_xla", "learned_tf"):
     weights = None if FLAGS.weights in (None, "none", "None") else FLAGS.weights
     return learned_opt.LearnedOptimizer(1e-3, weights=weights, config=FLAGS.config,
-                                        jit_step=name == "learned")
+                                        jit_step=name != "learned_tf",
+                                        fused_step=name == "learned")
   raise ValueError(f"--optimizers: unknown optimizer {name!r}")
 
 

@@ -90,7 +90,8 @@ def test_fused_step_matches_reference(preset, weights):
 
 
 def test_fused_step_matches_reference_on_two_threads():
-  """Above 2 x 65,536 rows the kernel splits the rows over threads (when it has two cores)."""
+  """Large vectors are split over threads (2 x 16,384 rows or more, when it has two cores);
+  the sums of a tensor then come from both."""
   cfg = config_lib.annealed()
   _compare_steps(cfg, _meta(cfg, "default"), [(400, 350), (350,), (7,)], steps=2, seed=1,
                  sums_atol=1e-4)

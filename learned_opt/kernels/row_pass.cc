@@ -114,17 +114,20 @@ LO_INLINE float asinh_f(float x) {
   return pick(x < 0.0f, -y, y);
 }
 
-// bfloat16 <-> float32, rounding to nearest even as TensorFlow's cast does (NaN stays NaN).
-LO_INLINE float load(const uint16_t* p, int64_t i) {
-  return bits_to_float(static_cast<int32_t>(static_cast<uint32_t>(p[i]) << 16));
+// bfloat16 <-> float32, rounding to nearest even as TensorFlow's cast does (NaN stays NaN);
+// branch-free, so that the row loop vectorises.
+LO_INLINE float to_float(uint16_t v) {
+  return bits_to_float(static_cast<int32_t>(static_cast<uint32_t>(v) << 16));
 }
-LO_INLINE float load(const float* p, int64_t i) { return p[i]; }
-LO_INLINE void store(uint16_t* p, int64_t i, float f) {
-  uint32_t b = static_cast<uint32_t>(float_to_bits(f));
-  uint32_t rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-  p[i] = static_cast<uint16_t>(f != f ? ((b >> 16) | 0x40u) : rounded);
+LO_INLINE float to_float(float v) { return v; }
+template <typename Store> Store from_float(float f);
+template <> LO_INLINE float from_float<float>(float f) { return f; }
+template <> LO_INLINE uint16_t from_float<uint16_t>(float f) {
+  const uint32_t b = static_cast<uint32_t>(float_to_bits(f));
+  const uint32_t rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  const uint32_t nan_mask = -static_cast<uint32_t>((b & 0x7fffffffu) > 0x7f800000u);
+  return static_cast<uint16_t>((((b >> 16) | 0x40u) & nan_mask) | (rounded & ~nan_mask));
 }
-LO_INLINE void store(float* p, int64_t i, float f) { p[i] = f; }
 
 constexpr float kMsEps = 1e-12f;   // hrnn._MS_EPS
 constexpr float kEps = 1e-16f;     // hrnn._EPS
@@ -170,16 +173,20 @@ struct Weights {
 
 // Lane buffers of one block of kLanes rows: the stored per-row state, transposed to
 // [field][lane] in float32 so that the row loop reads and writes it contiguously.
-template <int K, int S>
+template <typename T, int K, int S>
 struct Block {
-  float h[K][kLanes], m[S][kLanes], v[S][kLanes];
+  T h[K][kLanes], m[S][kLanes], v[S][kLanes];
+  static constexpr int kSize = (K + 2 * S) * kLanes;
+  T* data() { return &h[0][0]; }   // the fields are one contiguous array
+  const T* data() const { return &h[0][0]; }
 };
 
 // One row (lane l of the block starting at row i - l): reads `in`, writes `out` and the flat
 // outputs, and its contributions to the tensor sums (part[r * kLanes]).
 template <typename Store, int K, int S>
 LO_INLINE void row(const Args<Store, K, S>& a, const Small<K, S>& c, const Weights<K, S>& wt,
-                   int64_t i, int l, const Block<K, S>& in, Block<K, S>& out, float* part) {
+                   int64_t i, int l, const Block<float, K, S>& in, Block<float, K, S>& out,
+                   float* part) {
   using A = Args<Store, K, S>;
   constexpr int F = A::F, G = A::G;
   const float g = a.grad[i];
@@ -275,23 +282,28 @@ void rows(const Args<Store, K, S>& a, const Small<K, S>& c, int t, int64_t begin
   float part[R * kLanes];
   float block[R * kLanes];
   for (int r = 0; r < R * kLanes; ++r) block[r] = 0.0f;
-  Block<K, S> in, out;
+  Block<Store, K, S> raw;          // stored layout, transposed
+  Block<float, K, S> in, out;      // float32 lane buffers of the row loop
   // Transposes rows [base, base + lanes) between the stored layout and the lane buffers.
   auto gather = [&](int64_t base, int lanes) {
     for (int l = 0; l < lanes; ++l) {
-      for (int k = 0; k < K; ++k) in.h[k][l] = load(a.h, (base + l) * K + k);
+      for (int k = 0; k < K; ++k) raw.h[k][l] = a.h[(base + l) * K + k];
       for (int s = 0; s < S; ++s) {
-        in.m[s][l] = load(a.m, (base + l) * S + s);
-        in.v[s][l] = load(a.v, (base + l) * S + s);
+        raw.m[s][l] = a.m[(base + l) * S + s];
+        raw.v[s][l] = a.v[(base + l) * S + s];
       }
     }
+#pragma omp simd
+    for (int j = 0; j < raw.kSize; ++j) in.data()[j] = to_float(raw.data()[j]);
   };
   auto scatter = [&](int64_t base, int lanes) {
+#pragma omp simd
+    for (int j = 0; j < raw.kSize; ++j) raw.data()[j] = from_float<Store>(out.data()[j]);
     for (int l = 0; l < lanes; ++l) {
-      for (int k = 0; k < K; ++k) store(a.h_out, (base + l) * K + k, out.h[k][l]);
+      for (int k = 0; k < K; ++k) a.h_out[(base + l) * K + k] = raw.h[k][l];
       for (int s = 0; s < S; ++s) {
-        store(a.m_out, (base + l) * S + s, out.m[s][l]);
-        store(a.v_out, (base + l) * S + s, out.v[s][l]);
+        a.m_out[(base + l) * S + s] = raw.m[s][l];
+        a.v_out[(base + l) * S + s] = raw.v[s][l];
       }
     }
   };
@@ -374,7 +386,7 @@ void run(void* out, const void** in, const Config& cfg) {
   const int tensors = static_cast<int>(cfg.offsets.size()) - 1;
   // Split the rows into equal contiguous chunks, one per thread; each keeps its own sums.
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(
-      cfg.threads, cfg.total / 65536)));
+      cfg.threads, cfg.total / 16384)));
   std::vector<double> acc(static_cast<size_t>(threads) * tensors * R, 0.0);
   auto work = [&](int w) {
     const int64_t lo = cfg.total * w / threads, hi = cfg.total * (w + 1) / threads;
