@@ -21,6 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(kernels.load() is None,
                                 reason=f"fused kernel unavailable: {kernels.why_not()}")
 
+DEFAULT_KEY = (6, 3, 1)   # the shipped default's Parameter GRU: 6 units, 3 timescales, bfloat16
+
 
 def _meta(cfg, name):
   if name is None:
@@ -99,9 +101,19 @@ def test_fused_step_matches_reference_on_two_threads():
 
 def test_supports_names_what_it_lacks():
   assert "learned_decays=True" in kernels.supports(config_lib.paper())
-  odd = config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 7})
-  assert "param_units=7" in kernels.supports(odd)
-  assert (6, 3) in kernels.shapes() and (10, 4) in kernels.shapes()
+  big = config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 40})
+  assert "param_units <= 32" in kernels.supports(big)
+  odd = config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 7,
+                                 "num_timescales": 2, "state_dtype": "float32"})
+  assert kernels.supports(odd) is None and kernels.shape_key(odd) == (7, 2, 0)
+
+
+def test_any_shape_is_compiled_on_demand():
+  """A Parameter-GRU shape no preset uses gets its own library, and matches the reference."""
+  cfg = config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 7,
+                                 "num_timescales": 2, "state_dtype": "float32"})
+  assert kernels.available(cfg) is None
+  _compare_steps(cfg, _meta(cfg, None), SHAPES, steps=3)
 
 
 def test_keras_optimizer_uses_the_kernel_where_it_can():
@@ -166,19 +178,54 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path):
 
 
 def test_library_is_built_into_the_cache_once(tmp_path):
-  """A fresh cache directory gets one library, built atomically; a second load reuses it."""
+  """A library is written whole into the cache, under a name keyed by shape and inputs."""
   compiler = kernels._compiler()
-  path = kernels.library_path(compiler)
+  path = kernels.library_path(compiler, DEFAULT_KEY)
+  assert path.name.startswith("learned_opt_row_pass_v2_6x3_bf16-")
   target = tmp_path / path.name
-  kernels.build(target, compiler)
+  kernels.build(target, compiler, DEFAULT_KEY)
   assert target.exists() and not list(tmp_path.glob("*.tmp"))
-  mtime = target.stat().st_mtime_ns
-  assert kernels.library_path(compiler).name == target.name   # same key for the same inputs
-  assert target.stat().st_mtime_ns == mtime
+  assert kernels.library_path(compiler, DEFAULT_KEY) == path   # same key for the same inputs
+  assert kernels.library_path(compiler, (10, 4, 0)) != path
 
 
 def test_build_failure_names_the_source(tmp_path, monkeypatch):
   monkeypatch.setattr(kernels, "FLAGS", ("-no-such-flag-for-the-compiler",))
   with pytest.raises(RuntimeError, match="row_pass.cc"):
-    kernels.build(tmp_path / "x.so", kernels._compiler())
+    kernels.build(tmp_path / "x.so", kernels._compiler(), DEFAULT_KEY)
   assert not list(tmp_path.iterdir())
+
+
+def test_off_while_the_persistent_compilation_cache_is_on(monkeypatch):
+  """A cached model step around the kernel crashed when loaded back (see kernels' docstring)."""
+  from learned_opt import compile_cache
+  monkeypatch.setattr(compile_cache, "_directory", None)
+  assert kernels.persistent_cache({"TF_XLA_FLAGS": "--tf_xla_persistent_cache_directory=/c"}) \
+      == "/c"
+  assert kernels.persistent_cache({}) is None
+  monkeypatch.setattr(compile_cache, "_directory", "/somewhere")
+  reason = learned_opt.LearnedOptimizer().fused_step_unavailable
+  assert "persistent compilation cache" in reason and "/somewhere" in reason
+
+
+def test_cached_jit_compiled_fit_runs_twice(tmp_path):
+  """With LEARNED_OPT_XLA_CACHE set, a jit_compile=True fit compiles in one process and loads
+  the cached step in the next (the case that crashed with the kernel in it)."""
+  script = (
+      "import numpy as np, keras, learned_opt\n"
+      "keras.utils.set_random_seed(0)\n"
+      "model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])\n"
+      "opt = learned_opt.LearnedOptimizer()\n"
+      "model.compile(optimizer=opt, loss='mse', jit_compile=True)\n"
+      "h = model.fit(np.ones((64, 8)), np.ones((64, 4)), epochs=2, verbose=0)\n"
+      "assert not opt.uses_fused_step\n"
+      "print('LOSS', h.history['loss'][-1])\n")
+  env = dict(os.environ, LEARNED_OPT_XLA_CACHE=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("TF_XLA_FLAGS", None)
+  losses = []
+  for _ in range(2):
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses += [l for l in result.stdout.splitlines() if l.startswith("LOSS")]
+  assert len(losses) == 2 and losses[0] == losses[1]

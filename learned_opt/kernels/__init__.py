@@ -12,13 +12,21 @@ computes the same values (to float32 round-off and bfloat16 storage rounding) fo
 it is built for. The kernel has no gradient: `hrnn` uses it only where nothing differentiates
 the step (the Keras optimizer).
 
-The library is compiled on first use with the system's C++ compiler (`g++`, or `$CXX`) for
-this CPU (-march=native), about 2 s, into `$XDG_CACHE_HOME/learned_opt/kernels/` (or
-`~/.cache/...`), keyed by the source, the compiler and the CPU; later processes load it. No
+One library per Parameter-GRU shape and storage type (6 units x 3 timescales in bfloat16 for
+the shipped default) is compiled on first use with the system's C++ compiler (`g++`, or
+`$CXX`) for this CPU (-march=native), about 2 s, into `$XDG_CACHE_HOME/learned_opt/kernels/`
+(or `~/.cache/...`), keyed by the source, the shape, the compiler and the CPU; later processes
+load it. No
 TensorFlow headers are needed: the kernel registers itself with XLA through two functions
 that TensorFlow's own library exports. Where any of this is not possible (no compiler, an
 unwritable cache, a TensorFlow build without those exports, a GPU), `available` says why and
 the step runs as TF ops, with one warning. `LEARNED_OPT_FUSED=0` turns the kernel off.
+
+The kernel is off while TensorFlow's persistent compilation cache is on
+(`LEARNED_OPT_XLA_CACHE`, or `--tf_xla_persistent_cache_directory` in `TF_XLA_FLAGS`): a model
+step compiled with `jit_compile=True` around the kernel, loaded back from that cache in a later
+process, segfaults inside the kernel (measured; the cause, somewhere in how the reloaded
+executable hands over its buffers, was not found). The first run, which compiles, is fine.
 """
 
 from __future__ import annotations
@@ -35,9 +43,9 @@ import warnings
 from pathlib import Path
 
 ENV = "LEARNED_OPT_FUSED"
-TARGET = "learned_opt_row_pass_v1"
+TARGET = "learned_opt_row_pass_v2"   # + the shape, e.g. learned_opt_row_pass_v2_6x3_bf16
 SOURCE = Path(__file__).with_name("row_pass.cc")
-SHAPES = Path(__file__).with_name("row_pass_shapes.inc")
+MAX_UNITS, MAX_TIMESCALES = 32, 8   # the row's arrays live on the stack
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17",
          "-fno-math-errno", "-pthread", "-mprefer-vector-width=512")
 # xla::CustomCallTargetRegistry::Global() and ::Register(const string&, void*, const string&).
@@ -46,24 +54,14 @@ _REGISTER = ("_ZN3xla24CustomCallTargetRegistry8RegisterERKNSt7__cxx1112basic_st
              "traitsIcESaIcEEEPvS8_")
 
 _lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_why_not: str | None = None      # set once loading failed
+_libraries: dict[tuple, ctypes.CDLL] = {}   # {(units, timescales, bf16): registered library}
+_why_not: dict[tuple, str] = {}             # {shape: why its library failed to load}
 _warned = False
 
 
 def enabled(environ=None) -> bool:
   environ = os.environ if environ is None else environ
   return environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
-
-
-def shapes() -> list[tuple[int, int]]:
-  """(Parameter-GRU units, timescales) pairs the kernel is compiled for."""
-  out = []
-  for line in SHAPES.read_text().splitlines():
-    if line.startswith("LEARNED_OPT_SHAPE("):
-      k, s = line[len("LEARNED_OPT_SHAPE("):].split(")")[0].split(",")
-      out.append((int(k), int(s)))
-  return out
 
 
 def supports(config) -> str | None:
@@ -74,9 +72,9 @@ def supports(config) -> str | None:
   wrong = [f"{k}={getattr(config, k)}" for k, v in needed.items() if getattr(config, k) != v]
   if wrong:
     return f"the fused kernel does not implement {', '.join(wrong)}"
-  if (config.param_units, config.num_timescales) not in shapes():
-    return (f"the fused kernel is not built for param_units={config.param_units}, "
-            f"num_timescales={config.num_timescales} (built for {shapes()})")
+  if config.param_units > MAX_UNITS or config.num_timescales > MAX_TIMESCALES:
+    return (f"the fused kernel takes param_units <= {MAX_UNITS} and num_timescales <= "
+            f"{MAX_TIMESCALES}, not {config.param_units} and {config.num_timescales}")
   if config.state_dtype not in ("float32", "bfloat16"):
     return f"the fused kernel does not store state_dtype={config.state_dtype}"
   return None
@@ -92,18 +90,34 @@ def _compiler() -> str | None:
   return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
 
 
-def library_path(compiler: str) -> Path:
-  """Where the compiled library for this source, compiler and CPU lives."""
+def shape_key(config) -> tuple[int, int, int]:
+  """(units, timescales, bfloat16 storage): one library and one XLA target per key."""
+  return (config.param_units, config.num_timescales, int(config.state_dtype == "bfloat16"))
+
+
+def target(key) -> str:
+  k, s, bf16 = key
+  return f"{TARGET}_{k}x{s}_{'bf16' if bf16 else 'f32'}"
+
+
+def _defines(key) -> tuple[str, ...]:
+  k, s, bf16 = key
+  return (f"-DLO_UNITS={k}", f"-DLO_TIMESCALES={s}", f"-DLO_BF16={bf16}")
+
+
+def library_path(compiler: str, key) -> Path:
+  """Where the compiled library for this source, shape, compiler and CPU lives."""
   from learned_opt import compile_cache
   version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                            timeout=60).stdout
-  key = hashlib.sha256("\0".join([SOURCE.read_text(), SHAPES.read_text(), compiler, version,
-                                  " ".join(FLAGS), compile_cache.cpu_fingerprint()]).encode())
-  return cache_directory() / f"row_pass-{key.hexdigest()[:16]}.so"
+  digest = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, " ".join(FLAGS),
+                                     compile_cache.cpu_fingerprint()]).encode())
+  return cache_directory() / f"{target(key)}-{digest.hexdigest()[:16]}.so"
 
 
-def build(target: Path, compiler: str) -> None:
-  """Compiles row_pass.cc into `target` (atomically: a half-written library is never there)."""
+def build(target: Path, compiler: str, key) -> None:
+  """Compiles row_pass.cc for `key` into `target` (atomically: a half-written library is
+  never there)."""
   target.parent.mkdir(parents=True, exist_ok=True)
   for stale in target.parent.glob("*.so.tmp"):   # left by a process that ended mid-build
     try:
@@ -114,8 +128,8 @@ def build(target: Path, compiler: str) -> None:
   fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=target.parent)
   os.close(fd)
   try:
-    result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run([compiler, *FLAGS, *_defines(key), str(SOURCE), "-o", tmp],
+                            capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
       raise RuntimeError(f"{compiler} failed on {SOURCE}:\n{result.stderr[-2000:]}")
     os.replace(tmp, target)
@@ -138,39 +152,42 @@ def _tensorflow_library() -> ctypes.CDLL:
                      f"({_GLOBAL}) from {root}")
 
 
-def load() -> ctypes.CDLL | None:
-  """The loaded, registered kernel library, or None (then `why_not()` says why)."""
-  global _library, _why_not
+def load(key=(6, 3, 1)) -> ctypes.CDLL | None:
+  """The loaded, registered library for `key` (`shape_key`; the default is the shipped
+  default's shape), or None (then `why_not(key)` says why)."""
+  key = tuple(key)
   with _lock:
-    if _library is not None or _why_not is not None:
-      return _library
+    if key in _libraries or key in _why_not:
+      return _libraries.get(key)
     try:
       compiler = _compiler()
       if compiler is None:
         raise RuntimeError("no C++ compiler (g++ or $CXX) on PATH")
-      path = library_path(compiler)
+      path = library_path(compiler, key)
       if not path.exists():
-        build(path, compiler)
+        build(path, compiler, key)
       lib = ctypes.CDLL(str(path))
       tf_lib = _tensorflow_library()
       lib.learned_opt_register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
       lib.learned_opt_register(ctypes.cast(getattr(tf_lib, _GLOBAL), ctypes.c_void_p),
                                ctypes.cast(getattr(tf_lib, _REGISTER), ctypes.c_void_p),
-                               TARGET.encode())
-      _library = lib
+                               target(key).encode())
+      _libraries[key] = lib
     except Exception as e:   # noqa: BLE001 - any failure means: run the TF-ops step instead
-      _why_not = f"{type(e).__name__}: {e}"
-    return _library
+      _why_not[key] = f"{type(e).__name__}: {e}"
+    return _libraries.get(key)
 
 
-def prepare() -> None:
-  """Starts building / loading the library in a background thread (`load` waits for it)."""
-  if _library is None and _why_not is None and enabled():
-    threading.Thread(target=load, name="learned_opt.kernels.load", daemon=True).start()
+def prepare(config) -> None:
+  """Starts building / loading `config`'s library in a background thread (`load` waits)."""
+  key = shape_key(config)
+  if key not in _libraries and key not in _why_not and enabled():
+    threading.Thread(target=load, args=(key,), name="learned_opt.kernels.load",
+                     daemon=True).start()
 
 
-def why_not() -> str | None:
-  return _why_not
+def why_not(key=(6, 3, 1)) -> str | None:
+  return _why_not.get(tuple(key))
 
 
 def available(config) -> str | None:
@@ -182,14 +199,27 @@ def available(config) -> str | None:
   reason = supports(config)
   if reason is not None:
     return reason
-  if load() is None:
+  cache = persistent_cache()
+  if cache is not None:
+    return (f"TensorFlow's persistent compilation cache is on ({cache}): a step that calls the "
+            "kernel, loaded from it, crashes under jit_compile=True, so the two do not combine")
+  key = shape_key(config)
+  if load(key) is None:
     if not _warned:
       _warned = True
-      warnings.warn(f"learned_opt: the fused optimizer kernel is unavailable ({_why_not}); "
+      warnings.warn(f"learned_opt: the fused optimizer kernel is unavailable ({why_not(key)}); "
                     "the step runs as TensorFlow ops, several times slower on large models. "
                     f"Set {ENV}=0 to silence this.", RuntimeWarning, stacklevel=3)
-    return _why_not
+    return why_not(key)
   return None
+
+
+def persistent_cache(environ=None) -> str | None:
+  """The persistent XLA cache directory in effect (LEARNED_OPT_XLA_CACHE or TF_XLA_FLAGS)."""
+  from learned_opt import compile_cache
+  environ = os.environ if environ is None else environ
+  return compile_cache.directory() or compile_cache._flag_directory(
+      environ.get("TF_XLA_FLAGS", ""))
 
 
 def threads() -> int:
@@ -214,18 +244,19 @@ def row_pass(grad, state, config, bias, kernel, kernel_ch, small, sizes) -> Rows
   per-call scalars (row_pass.cc `Small`); sizes: rows per tensor, in order."""
   import tensorflow as tf
   from tensorflow.compiler.tf2xla.python import xla
-  if load() is None:
-    raise RuntimeError(f"the fused kernel is unavailable: {_why_not}")
+  key = shape_key(config)
+  if load(key) is None:
+    raise RuntimeError(f"the fused kernel is unavailable: {why_not(key)}")
   k, s = config.param_units, config.num_timescales
   n, t = int(sum(sizes)), len(sizes)
   store = tf.as_dtype(config.state_dtype)
   bf16 = int(store == tf.bfloat16)
-  opaque = " ".join(str(v) for v in [k, s, bf16, threads(), t, *sizes])
+  layout = tf.constant([k, s, bf16, threads(), t, *sizes], tf.int64)   # row_pass.cc `parse`
   specs = [tf.TensorSpec([n, k], store), tf.TensorSpec([n, s], store),
            tf.TensorSpec([n, s], store)] + [tf.TensorSpec([n], tf.float32)] * 4 + [
                tf.TensorSpec([t, k + 3 * s + 2], tf.float32)]
   operands = [tf.cast(grad, tf.float32), tf.cast(state.param_hidden, store),
               tf.cast(state.momentum, store), tf.cast(state.mean_square, store),
               tf.cast(state.log_lr, tf.float32), tf.cast(state.nominal_rms, tf.float32),
-              bias, kernel, kernel_ch, small]
-  return Rows(xla.custom_call_v2(TARGET, operands, specs, backend_config=opaque))
+              bias, kernel, kernel_ch, small, layout]
+  return Rows(xla.custom_call_v2(target(key), operands, specs))

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #define LO_INLINE inline __attribute__((always_inline))
@@ -344,17 +345,18 @@ struct Config {
   std::vector<int64_t> offsets;   // T + 1 row offsets of the tensors
 };
 
-Config parse(const char* opaque, size_t len) {
-  std::string text(opaque, len);
+// The call's configuration, operand 10 (int64): units, timescales, bfloat16 storage, threads,
+// tensors T, then the T tensors' row counts. An operand rather than XLA's opaque string, so
+// that the function reads only (out, in), which every custom-call API version passes.
+Config parse(const int64_t* p) {
   Config cfg;
-  char* p = text.data();
-  cfg.units = static_cast<int>(std::strtol(p, &p, 10));
-  cfg.timescales = static_cast<int>(std::strtol(p, &p, 10));
-  cfg.bf16 = static_cast<int>(std::strtol(p, &p, 10));
-  cfg.threads = static_cast<int>(std::strtol(p, &p, 10));
-  const long tensors = std::strtol(p, &p, 10);
+  cfg.units = static_cast<int>(p[0]);
+  cfg.timescales = static_cast<int>(p[1]);
+  cfg.bf16 = static_cast<int>(p[2]);
+  cfg.threads = static_cast<int>(p[3]);
+  const int64_t tensors = p[4];
   cfg.offsets.push_back(0);
-  for (long t = 0; t < tensors; ++t) cfg.offsets.push_back(cfg.offsets.back() + std::strtoll(p, &p, 10));
+  for (int64_t t = 0; t < tensors; ++t) cfg.offsets.push_back(cfg.offsets.back() + p[5 + t]);
   cfg.total = cfg.offsets.back();
   return cfg;
 }
@@ -411,19 +413,13 @@ void run(void* out, const void** in, const Config& cfg) {
     }
 }
 
-template <int K, int S>
-bool dispatch_storage(void* out, const void** in, const Config& cfg) {
-  if (cfg.bf16) run<uint16_t, K, S>(out, in, cfg); else run<float, K, S>(out, in, cfg);
-  return true;
-}
-
-bool dispatch(void* out, const void** in, const Config& cfg) {
-#define LEARNED_OPT_SHAPE(K, S) \
-  if (cfg.units == K && cfg.timescales == S) return dispatch_storage<K, S>(out, in, cfg);
-#include "row_pass_shapes.inc"
-#undef LEARNED_OPT_SHAPE
-  return false;
-}
+// One library per Parameter-GRU shape and storage type, chosen when it is compiled
+// (kernels/__init__.py passes -DLO_UNITS, -DLO_TIMESCALES, -DLO_BF16): compiling every shape
+// into one library took ~12 s, one takes ~3.
+#if !defined(LO_UNITS) || !defined(LO_TIMESCALES) || !defined(LO_BF16)
+#error "compile with -DLO_UNITS=<K> -DLO_TIMESCALES=<S> -DLO_BF16=<0|1>"
+#endif
+using LoStore = std::conditional_t<LO_BF16 != 0, uint16_t, float>;
 
 using GlobalFn = void* (*)();
 using RegisterFn = void (*)(void*, const std::string&, void*, const std::string&);
@@ -432,19 +428,15 @@ using RegisterFn = void (*)(void*, const std::string&, void*, const std::string&
 
 extern "C" {
 
-// XLA's API_VERSION_STATUS_RETURNING_UNIFIED signature (custom_call_v2); the status argument
-// is not used: hrnn only calls shapes this library was built for (learned_opt_supports).
-void learned_opt_row_pass(void* out, const void** in, const char* opaque, size_t opaque_len,
-                          void* /*status*/) {
-  const Config cfg = parse(opaque, opaque_len);
-  if (!dispatch(out, in, cfg)) std::abort();
-}
-
-int learned_opt_supports(int units, int timescales) {
-#define LEARNED_OPT_SHAPE(K, S) if (units == K && timescales == S) return 1;
-#include "row_pass_shapes.inc"
-#undef LEARNED_OPT_SHAPE
-  return 0;
+// XLA's custom-call signature. custom_call_v2 emits API_VERSION_STATUS_RETURNING_UNIFIED,
+// (out, in, opaque, opaque_len, status), but only (out, in) are read, so a call through the
+// original (out, in) signature works too. hrnn only calls shapes this library was built for
+// (kernels.supports), so there is no failure to report through the status.
+void learned_opt_row_pass(void* out, const void** in) {
+  const Config cfg = parse(static_cast<const int64_t*>(in[10]));
+  if (cfg.units != LO_UNITS || cfg.timescales != LO_TIMESCALES || cfg.bf16 != LO_BF16)
+    std::abort();   // kernels/__init__.py registers each library under its shape's own name
+  run<LoStore, LO_UNITS, LO_TIMESCALES>(out, in, cfg);
 }
 
 // Registers the kernel under `name` for XLA's "Host" platform, given the addresses of
