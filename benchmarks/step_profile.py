@@ -54,6 +54,9 @@ def define_flags():
   flags.DEFINE_list("models", ["mlp_small", "mlp_1m"],
                     f"benchmarks.fit_time models whose variables the step runs on, of "
                     f"{fit_time.MODELS}.")
+  flags.DEFINE_bool("fused_step", True, "LearnedOptimizer(fused_step=...). XLA's trace events "
+                    "do not cover the fused kernel (a custom call): with it, the rows add up to "
+                    "the step's XLA part only; --nofused_step profiles the all-XLA step.")
   flags.DEFINE_integer("steps", 20, "Profiled steps (after 3 warm-up steps).")
   flags.DEFINE_integer("top", 25, "Rows per model (the rest are summed into one row).")
   flags.DEFINE_string("weights", "default", "LearnedOptimizer weights (the profile depends on "
@@ -126,7 +129,7 @@ def step_function(model_name: str):
   model = fit_time.build_model(model_name)
   variables = [keras.Variable(v.numpy()) for v in model.trainable_variables]
   weights = None if FLAGS.weights in ("none", "None") else FLAGS.weights
-  opt = learned_opt.LearnedOptimizer(1e-3, weights=weights)
+  opt = learned_opt.LearnedOptimizer(1e-3, weights=weights, fused_step=FLAGS.fused_step)
   opt.build(variables)
   present = tuple(True for _ in variables)
   fn = opt._step_fn(present)   # the function the Keras shell calls every step
@@ -226,7 +229,9 @@ def main(argv):
             f"({platform.processor() or platform.machine()}), TF {tf.__version__}, load average "
             f"{os.getloadavg()[0]:.1f}; weights {FLAGS.weights!r}; mean of {FLAGS.steps} steps "
             "with XLA's per-operation trace events on."
-            + ("" if cores == 1 else " More than one usable core: rows overlap in time."))
+            + ("" if cores == 1 else " More than one usable core: rows overlap in time.")
+            + (" Fused kernel on: its time is in the step but in no row." if FLAGS.fused_step
+               else " Fused kernel off (--nofused_step): the all-XLA step."))
   texts = [header]
   for name in FLAGS.models:
     result = profile(name)

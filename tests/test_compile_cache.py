@@ -151,6 +151,7 @@ def _run_step(tmp_path, env_value, mode="early"):
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="0",
              TF_CPP_VMODULE="device_executable_persistor=1")
   env[compile_cache.ENV] = env_value
+  env["LEARNED_OPT_FUSED"] = "0"   # the cache turns the fused kernel off: compare like with like
   env.pop("TF_XLA_FLAGS", None)
   proc = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True,
                         text=True, timeout=300)

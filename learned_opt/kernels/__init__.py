@@ -1,6 +1,6 @@
 """The fused row pass: hrnn's per-parameter work as one compiled C++ loop (issue 15).
 
-`hrnn.step_flat(..., fused=True)` hands the per-row part of the step (EMAs, features,
+`hrnn.step(..., fused=True)` hands the per-row part of the step (EMAs, features,
 Parameter GRU, readouts, and the per-tensor sums that feed the Tensor GRU) to `row_pass.cc`
 as an XLA CPU custom call, instead of the ~70 fused XLA operations it otherwise compiles to.
 On the 1M-parameter MLP that is the difference between ~20 [N, k] intermediates written and
@@ -8,17 +8,15 @@ read back each step and one pass over the state.
 
 One implementation of the math: `hrnn._rows` is the reference, written in TF ops; the meta-
 trainer differentiates it and never calls the kernel, and the tests check that the kernel
-computes the same values (to float32 round-off and bfloat16 storage rounding) for every shape
-it is built for. The kernel has no gradient: `hrnn` uses it only where nothing differentiates
+computes the same values (to float32 round-off and bfloat16 storage rounding). The kernel has no gradient: `hrnn` uses it only where nothing differentiates
 the step (the Keras optimizer).
 
 One library per Parameter-GRU shape and storage type (6 units x 3 timescales in bfloat16 for
 the shipped default) is compiled on first use with the system's C++ compiler (`g++`, or
 `$CXX`) for this CPU (-march=native), about 2 s, into `$XDG_CACHE_HOME/learned_opt/kernels/`
 (or `~/.cache/...`), keyed by the source, the shape, the compiler and the CPU; later processes
-load it. No
-TensorFlow headers are needed: the kernel registers itself with XLA through two functions
-that TensorFlow's own library exports. Where any of this is not possible (no compiler, an
+load it. No TensorFlow headers are needed: the kernel registers itself with XLA through two
+functions that TensorFlow's own library exports. Where any of this is not possible (no compiler, an
 unwritable cache, a TensorFlow build without those exports, a GPU), `available` says why and
 the step runs as TF ops, with one warning. `LEARNED_OPT_FUSED=0` turns the kernel off.
 
@@ -181,7 +179,8 @@ def load(key=(6, 3, 1)) -> ctypes.CDLL | None:
 def prepare(config) -> None:
   """Starts building / loading `config`'s library in a background thread (`load` waits)."""
   key = shape_key(config)
-  if key not in _libraries and key not in _why_not and enabled():
+  if key not in _libraries and key not in _why_not and enabled() and \
+      persistent_cache() is None:
     threading.Thread(target=load, args=(key,), name="learned_opt.kernels.load",
                      daemon=True).start()
 
