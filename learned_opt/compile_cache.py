@@ -100,11 +100,16 @@ def tensorflow_version() -> str:
   return "unknown"
 
 
-def default_directory(environ=None) -> Path:
-  """`$XDG_CACHE_HOME` (or `~/.cache`)`/learned_opt/xla`."""
+def cache_root(environ=None) -> Path:
+  """`$XDG_CACHE_HOME` (or `~/.cache`)`/learned_opt`: where learned_opt keeps compiled code."""
   environ = os.environ if environ is None else environ
   root = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return Path(root) / "learned_opt" / "xla"
+  return Path(root) / "learned_opt"
+
+
+def default_directory(environ=None) -> Path:
+  """`$XDG_CACHE_HOME` (or `~/.cache`)`/learned_opt/xla`."""
+  return cache_root(environ) / "xla"
 
 
 def keyed(base: Path, environ=None) -> Path:

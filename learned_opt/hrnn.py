@@ -425,11 +425,7 @@ def _bias_gru(meta: MetaParamsDict, prefix: str, x: tf.Tensor, h: tf.Tensor,
   over the rows instead of three, the same sums up to float round-off.
   """
   units = h.shape[-1]
-  kernel = tf.concat([
-      tf.concat([meta[f"{prefix}/gates/kernel_x"], meta[f"{prefix}/candidate/kernel_x"]], 1),
-      tf.concat([meta[f"{prefix}/gates/kernel_h"], tf.zeros([units, units], tf.float32)], 1),
-  ], 0)
-  bias = tf.concat([meta[f"{prefix}/gates/bias"], meta[f"{prefix}/candidate/bias"]], 0)
+  kernel, bias = _packed_gru(meta, prefix, units)
   pre = tf.matmul(tf.concat([x, h], axis=1), kernel) + bias                 # [rows, 3 units]
   gates, cand_pre = pre[:, :2 * units], pre[:, 2 * units:]
   if injected_bias is not None:
@@ -440,6 +436,17 @@ def _bias_gru(meta: MetaParamsDict, prefix: str, x: tf.Tensor, h: tf.Tensor,
   reset, update = tf.split(tf.sigmoid(gates), 2, axis=-1)
   candidate = tf.tanh(cand_pre + tf.matmul(reset * h, meta[f"{prefix}/candidate/kernel_h"]))
   return update * h + (1.0 - update) * candidate
+
+
+def _packed_gru(meta: MetaParamsDict, prefix: str, units: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """The GRU's gates and candidate input part as one [in + units, 3 units] kernel (the
+  candidate's block for h is zero) and one [3 units] bias: reset, update, candidate."""
+  kernel = tf.concat([
+      tf.concat([meta[f"{prefix}/gates/kernel_x"], meta[f"{prefix}/candidate/kernel_x"]], 1),
+      tf.concat([meta[f"{prefix}/gates/kernel_h"], tf.zeros([units, units], tf.float32)], 1),
+  ], 0)
+  bias = tf.concat([meta[f"{prefix}/gates/bias"], meta[f"{prefix}/candidate/bias"]], 0)
+  return kernel, bias
 
 
 def _affine(meta: MetaParamsDict, prefix: str, x: tf.Tensor) -> tf.Tensor:
@@ -630,14 +637,9 @@ def _fused_rows(meta: MetaParamsDict, config: HRNNConfig, state: State, g: tf.Te
       tf.reshape(meta["readout/direction"], [k]), tf.reshape(meta["readout/shortcut"], [s]),
       tf.reshape(meta["readout/log_lr_delta/kernel"], [k]),
       tf.reshape(meta["readout/log_lr_delta/bias"], [1])], axis=0)
-  prefix = "param_rnn"
-  kernel = tf.concat([
-      tf.concat([meta[f"{prefix}/gates/kernel_x"], meta[f"{prefix}/candidate/kernel_x"]], 1),
-      tf.concat([meta[f"{prefix}/gates/kernel_h"], tf.zeros([k, k], tf.float32)], 1),
-  ], 0)
-  bias = tf.concat([meta[f"{prefix}/gates/bias"], meta[f"{prefix}/candidate/bias"]], 0)
+  kernel, bias = _packed_gru(meta, "param_rnn", k)
   out = kernels.row_pass(g[:, 0], state, config, bias + param_bias, kernel,
-                         meta[f"{prefix}/candidate/kernel_h"], small, sizes)
+                         meta["param_rnn/candidate/kernel_h"], small, sizes)
   means = out.sums / seg.counts
   width = k + config.input_size
   return Rows(param_hidden=out.param_hidden, momentum=out.momentum,

@@ -101,7 +101,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     self._seed = int(seed)
     self._jit_step = bool(jit_step)
     self._fused_step = bool(fused_step)
-    if self._fused_step and self._jit_step and kernels.supports(self.hrnn_config) is None:
+    if self._fused_step and self._jit_step:
       kernels.prepare(self.hrnn_config)   # builds or loads it in the background meanwhile
     self._step_fns = {}   # {which gradients are present: the (compiled) joint step}
     # Captured eagerly here: build() usually runs inside the traced train step.

@@ -83,9 +83,8 @@ def supports(config) -> str | None:
 
 
 def cache_directory(environ=None) -> Path:
-  environ = os.environ if environ is None else environ
-  root = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return Path(root) / "learned_opt" / "kernels"
+  from learned_opt import compile_cache
+  return compile_cache.cache_root(environ) / "kernels"
 
 
 def _compiler() -> str | None:
@@ -181,10 +180,11 @@ def load(key=(6, 3, 1)) -> ctypes.CDLL | None:
 
 
 def prepare(config) -> None:
-  """Starts building / loading `config`'s library in a background thread (`load` waits)."""
+  """Starts building / loading `config`'s library in a background thread (`load` waits), if
+  the kernel could serve `config` here."""
   key = shape_key(config)
   if key not in _libraries and key not in _why_not and enabled() and \
-      persistent_cache() is None:
+      supports(config) is None and persistent_cache() is None:
     threading.Thread(target=load, args=(key,), name="learned_opt.kernels.load",
                      daemon=True).start()
 
@@ -250,10 +250,9 @@ def row_pass(grad, state, config, bias, kernel, kernel_ch, small, sizes) -> Rows
   key = shape_key(config)
   if load(key) is None:
     raise RuntimeError(f"the fused kernel is unavailable: {why_not(key)}")
-  k, s = config.param_units, config.num_timescales
+  k, s, bf16 = key
   n, t = int(sum(sizes)), len(sizes)
   store = tf.as_dtype(config.state_dtype)
-  bf16 = int(store == tf.bfloat16)
   layout = tf.constant([k, s, bf16, threads(), t, *sizes], tf.int64)   # row_pass.cc `parse`
   specs = [tf.TensorSpec([n, k], store), tf.TensorSpec([n, s], store),
            tf.TensorSpec([n, s], store)] + [tf.TensorSpec([n], tf.float32)] * 4 + [
