@@ -531,6 +531,83 @@ def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
   return StepOutput(updates, new_state)
 
 
+class GuardedStep(NamedTuple):
+  updates: list[tf.Tensor]   # times the lr scale, to be subtracted; zeros for a skipped step
+  state: State               # the new state, or the old one for a skipped step
+  finite: tf.Tensor          # bool scalar: False if the step was skipped
+
+
+def guarded_step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
+                 config: HRNNConfig, layout: Layout, scale: tf.Tensor, fused: bool = False
+                 ) -> GuardedStep:
+  """`step` with the Keras optimizer's guard: if a gradient or an update is not finite, the
+  step is skipped (old state, zero updates); the updates of present gradients are multiplied
+  by `scale` (the learning-rate schedule's ratio). Returns updates for present gradients only.
+
+  `fused` (all gradients present) runs the row pass and the update pass, which also applies
+  the guard, as the compiled kernel; `step` with `fused` otherwise (see `step_flat`)."""
+  present = [g is not None for g in grads]
+  if fused and all(present):
+    return _fused_guarded_step(meta, state, grads, config, layout, scale)
+  out = step(meta, state, grads, config, layout, fused=fused)
+  # Two reductions over the concatenated gradients and updates, not one per tensor: with
+  # 100 variables the per-tensor form was ~300 of the step's ~460 XLA operations (each
+  # compiled on its own, each a few microseconds a step). XLA folds the concatenation of
+  # the updates' slices back into the flat update.
+  finite = tf.logical_and(_all_finite([g for g in grads if g is not None]),
+                          _all_finite(out.updates))
+  new_state = State(*[tf.where(finite, new, old) for new, old in zip(out.state, state)])
+  updates = [tf.where(finite, u * scale, tf.zeros_like(u))
+             for u, p in zip(out.updates, present) if p]
+  return GuardedStep(updates, new_state, finite)
+
+
+def _all_finite(tensors) -> tf.Tensor:
+  """Whether every element of every tensor is finite, as one reduction over their concatenation."""
+  flat = [tf.reshape(t, [-1]) for t in tensors]
+  return tf.reduce_all(tf.math.is_finite(flat[0] if len(flat) == 1 else tf.concat(flat, 0)))
+
+
+def _fused_guarded_step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor],
+                        config: HRNNConfig, layout: Layout, scale: tf.Tensor) -> GuardedStep:
+  """`guarded_step` by the kernel: the row pass, XLA's Tensor and Global GRUs, then the
+  update pass (`kernels.update_pass`) for the per-row tail of `step_flat` and the guard.
+  The per-tensor and scalar factors of that tail are computed here as in `step_flat`."""
+  from learned_opt import kernels
+  for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
+    if tuple(g.shape) != shape:
+      raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, expected {shape}")
+  grad = layout.flatten(grads)
+  seg = Segments.from_layout(layout)
+  head = _head(meta, state, grad, config, seg, layout.sizes)
+  meta, rows = head.meta, head.rows
+  log_schedule = _log_schedule(meta, config, state.step)
+  factor = tf.math.rsqrt(rows.direction_ms[:, 0] + _EPS)                       # [T]
+  if config.anneal_blackbox:
+    factor *= tf.sqrt(rows.nominal_ms[:, 0])
+  if config.blackbox_gain:
+    factor *= meta["blackbox/gain"]
+  magnitude = tf.exp(meta["nominal/log_step"] + _affine(meta, "nominal/head",
+                                                        head.tensor_hidden)[:, 0]
+                     + log_schedule.get("nominal", 0.0))                       # [T]
+  anchor = meta["log_lr_anchor"] if config.anchored_log_lr else 0.0
+  small = tf.concat([tf.reshape(tf.cast(x, tf.float32), [1]) for x in (
+      tf.sigmoid(meta["log_lr_momentum_logit"]), anchor, config.max_log_lr,
+      meta["log_step_offset"] + log_schedule.get("blackbox", 0.0), scale,
+      float(config.anchored_log_lr))], axis=0)
+  out = kernels.update_pass(grad, rows, state.log_lr, state, tf.stack([factor, magnitude], 1),
+                            small, config, layout.sizes)
+  finite = out.finite
+  new_state = State(
+      param_hidden=out.param_hidden, momentum=out.momentum, mean_square=out.mean_square,
+      log_lr=out.log_lr, nominal_rms=out.nominal_rms, attention_offset=state.attention_offset,
+      tensor_hidden=tf.where(finite, head.tensor_hidden, state.tensor_hidden),
+      global_hidden=tf.where(finite, head.global_hidden, state.global_hidden),
+      step=tf.where(finite, state.step + 1, state.step))
+  updates = [tf.reshape(u, shape) for u, shape in zip(out.updates, layout.shapes)]
+  return GuardedStep(updates, new_state, finite)
+
+
 class Rows(NamedTuple):
   """The per-row part of a step (`_rows`; `kernels.row_pass` computes the same values).
 
@@ -650,17 +727,18 @@ def _fused_rows(meta: MetaParamsDict, config: HRNNConfig, state: State, g: tf.Te
               scaled=None)
 
 
-def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNConfig,
-              seg: Segments, fused_sizes: Sequence[int] | None = None
-              ) -> tuple[tf.Tensor, State]:
-  """The step on the flat vector: grad [N] -> (update [N], new state); see `step`.
+class _Head(NamedTuple):
+  """What both tails of a step start from (`step_flat`, `_fused_tail`)."""
+  meta: MetaParamsDict      # float32
+  state: State              # the old state, stored leaves in float32
+  rows: Rows
+  tensor_hidden: tf.Tensor  # new [T, K_T]
+  global_hidden: tf.Tensor  # new [1, K_G]
 
-  `seg` says which tensor every row belongs to (and, for padded vectors, which rows and
-  tensor slots are real: padded rows get a zero update and stay out of every statistic).
-  `fused_sizes` (the rows of each tensor, contiguous and in order) runs the row pass as the
-  compiled kernel (`learned_opt.kernels`): only under XLA on CPU, without a gradient, for a
-  config `kernels.available` accepts.
-  """
+
+def _head(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNConfig,
+          seg: Segments, fused_sizes: Sequence[int] | None) -> _Head:
+  """The row pass and the Tensor and Global GRUs (eq. 10-12)."""
   meta = {k: tf.cast(v, tf.float32) for k, v in meta.items()}
   g = tf.reshape(tf.cast(grad, tf.float32), [-1, 1])                 # [N, 1]
   first_step = tf.equal(state.step, 0)
@@ -674,7 +752,6 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
     rows = _fused_rows(meta, config, stored, g, seg, first_step, param_bias, fused_sizes)
   else:
     rows = _rows(meta, config, state, g, seg, first_step, param_bias)
-  param_hidden = rows.param_hidden
 
   # Tensor GRU on the per-tensor mean of [new parameter state, inputs] (eq. 11).
   tensor_bias = _affine(meta, "tensor_bias_from_global", state.global_hidden)
@@ -684,6 +761,24 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
   # Global GRU on the mean over all tensors (eq. 12; the original used the last tensor only).
   global_input = seg.tensor_mean(tensor_hidden)
   global_hidden = _bias_gru(meta, "global_rnn", global_input, state.global_hidden, None)
+  return _Head(meta, state, rows, tensor_hidden, global_hidden)
+
+
+def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNConfig,
+              seg: Segments, fused_sizes: Sequence[int] | None = None
+              ) -> tuple[tf.Tensor, State]:
+  """The step on the flat vector: grad [N] -> (update [N], new state); see `step`.
+
+  `seg` says which tensor every row belongs to (and, for padded vectors, which rows and
+  tensor slots are real: padded rows get a zero update and stay out of every statistic).
+  `fused_sizes` (the rows of each tensor, contiguous and in order) runs the row pass as the
+  compiled kernel (`learned_opt.kernels`): only under XLA on CPU, without a gradient, for a
+  config `kernels.available` accepts.
+  """
+  head = _head(meta, state, grad, config, seg, fused_sizes)
+  meta, state, rows = head.meta, head.state, head.rows
+  param_hidden = rows.param_hidden
+  tensor_hidden, global_hidden = head.tensor_hidden, head.global_hidden
 
   # Direction at unit RMS per tensor (eq. 5).
   direction = rows.direction * tf.math.rsqrt(seg.broadcast(rows.direction_ms) + _EPS)
@@ -699,13 +794,7 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
   else:
     target = step_log_lr
   log_lr = lr_momentum * state.log_lr + (1.0 - lr_momentum) * target
-  log_schedule = {}
-  if config.learned_schedule:
-    # Departure: a learned power-law decay of both step lengths with the step count, outside
-    # the stored log step length (whose recurrence stays as it is). min(w, 0): never a growth.
-    progress = tf.math.log1p(tf.cast(state.step, tf.float32) / config.schedule_steps)
-    log_schedule = {name: tf.minimum(meta[f"schedule/{name}"], 0.0) * progress
-                    for name in ("blackbox", "nominal") if f"schedule/{name}" in meta}
+  log_schedule = _log_schedule(meta, config, state.step)
   nominal = rows.nominal
   if config.anneal_blackbox:
     # Departure: the RNN direction takes the nominal direction's per-tensor RMS instead of 1,
@@ -747,6 +836,18 @@ def step_flat(meta: MetaParamsDict, state: State, grad: tf.Tensor, config: HRNNC
     if config.use_attention:
       new_state = new_state._replace(attention_offset=attention_offset * seg.element_mask)
   return update, new_state
+
+
+def _log_schedule(meta: MetaParamsDict, config: HRNNConfig, step: tf.Tensor
+                  ) -> dict[str, tf.Tensor]:
+  """{"blackbox" / "nominal": added log step length} under `learned_schedule`, else {}."""
+  if not config.learned_schedule:
+    return {}
+  # Departure: a learned power-law decay of both step lengths with the step count, outside
+  # the stored log step length (whose recurrence stays as it is). min(w, 0): never a growth.
+  progress = tf.math.log1p(tf.cast(step, tf.float32) / config.schedule_steps)
+  return {name: tf.minimum(meta[f"schedule/{name}"], 0.0) * progress
+          for name in ("blackbox", "nominal") if f"schedule/{name}" in meta}
 
 
 def _keep_absent(old: State, new: State, present: Sequence[bool], layout: Layout) -> State:

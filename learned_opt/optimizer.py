@@ -271,18 +271,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     def joint_step(meta, old_state, grads, scale):
       given = iter(grads)
       grads = [next(given) if p else None for p in present]
-      out = hrnn.step(meta, old_state, grads, config, layout, fused=fused)
-      # Two reductions over the concatenated gradients and updates, not one per tensor: with
-      # 100 variables the per-tensor form was ~300 of the step's ~460 XLA operations (each
-      # compiled on its own, each a few microseconds a step). XLA folds the concatenation of
-      # the updates' slices back into the flat update.
-      finite = tf.logical_and(_all_finite([g for g in grads if g is not None]),
-                              _all_finite(out.updates))
-      new_state = hrnn.State(*[tf.where(finite, new, old)
-                               for new, old in zip(out.state, old_state)])
-      updates = [tf.where(finite, u * scale, tf.zeros_like(u))
-                 for u, p in zip(out.updates, present) if p]
-      return updates, new_state, finite
+      return hrnn.guarded_step(meta, old_state, grads, config, layout, scale, fused=fused)
 
     # autograph=False (and do_not_convert on _backend_update_step): the step has no Python
     # control flow on tensors, and autograph's source conversion of hrnn was ~1.5 CPU-s of a
@@ -343,12 +332,6 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                       "untrained initialisation until they are restored)")
         config["weights"] = None
     return super().from_config(config, custom_objects=custom_objects)
-
-
-def _all_finite(tensors) -> tf.Tensor:
-  """Whether every element of every tensor is finite, as one reduction over their concatenation."""
-  flat = [tf.reshape(t, [-1]) for t in tensors]
-  return tf.reduce_all(tf.math.is_finite(flat[0] if len(flat) == 1 else tf.concat(flat, 0)))
 
 
 def _initial_lr_value(learning_rate) -> float:

@@ -99,6 +99,86 @@ def test_fused_step_matches_reference_on_two_threads():
                  sums_atol=1e-4)
 
 
+def _compare_guarded_steps(cfg, meta, shapes, steps, poison=None, seed=0, scale=0.5,
+                           sums_atol=1e-6):
+  """As `_compare_steps` for `hrnn.guarded_step`, whose fused form also runs the update pass:
+  updates (times `scale`), new state and the guard agree with the TF-ops reference.
+  `poison(i, grads)` may replace step i's gradients (non-finite ones: a skipped step)."""
+  layout = hrnn.Layout(shapes)
+  scale = tf.constant(scale)
+  ref = tf.function(lambda m, s, g: hrnn.guarded_step(m, s, g, cfg, layout, scale),
+                    jit_compile=True)
+  fused = tf.function(lambda m, s, g: hrnn.guarded_step(m, s, g, cfg, layout, scale,
+                                                        fused=True), jit_compile=True)
+  rng = np.random.default_rng(seed)
+  state = hrnn.init_state(meta, layout, cfg, np.log(1e-3))
+  finites = []
+  for i in range(steps):
+    g = _grads(shapes, rng, i)
+    if poison is not None:
+      g = poison(i, g)
+    got, want = fused(meta, state, g), ref(meta, state, g)
+    assert bool(got.finite) == bool(want.finite), f"step {i}"
+    finites.append(bool(want.finite))
+    for j, (a, b) in enumerate(zip(got.updates, want.updates)):
+      assert a.shape == b.shape, (i, j)
+      top = float(tf.reduce_max(tf.abs(b)))
+      np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=2e-4 * top,
+                                 err_msg=f"step {i}, update of tensor {j}")
+    for field in hrnn.State._fields:
+      a, b = getattr(got.state, field), getattr(want.state, field)
+      assert a.dtype == b.dtype and a.shape == b.shape, field
+      a, b = tf.cast(a, tf.float64).numpy(), tf.cast(b, tf.float64).numpy()
+      if field in hrnn.STORED_FIELDS and cfg.state_dtype == "bfloat16":
+        assert (np.abs(a - b) <= 2.0 ** -7 * np.abs(b) + 1e-30).all(), (i, field)
+        assert np.mean(a != b) < 0.01, (i, field)
+      else:
+        atol = sums_atol if field in ("tensor_hidden", "global_hidden") else 1e-6
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=f"step {i}, {field}")
+    state = want.state
+  return finites
+
+
+@pytest.mark.parametrize("preset,weights", [("annealed", "default"), ("lean", None),
+                                            ("stable", "stable"), ("scheduled", None)])
+def test_fused_guarded_step_matches_reference(preset, weights):
+  cfg = config_lib.get(preset)
+  assert all(_compare_guarded_steps(cfg, _meta(cfg, weights), SHAPES, steps=5))
+
+
+def test_fused_guard_skips_the_same_steps():
+  """A NaN or infinite gradient, or an update that overflows, skips the step in both forms:
+  old state kept (the step counter too), zero updates."""
+  def poison(i, g):
+    if i == 1:
+      g[0] = tf.tensor_scatter_nd_update(g[0], [[3, 2]], [np.nan])
+    if i == 3:
+      g[2] = tf.fill(g[2].shape, np.inf)
+    return g
+  cfg = config_lib.annealed()
+  meta = _meta(cfg, "default")
+  assert _compare_guarded_steps(cfg, meta, SHAPES, steps=5, poison=poison) == [
+      True, False, True, False, True]
+  # The RNN term's exp overflows float32 (the kernel's exp must give inf as XLA's does).
+  huge = dict(meta, log_step_offset=tf.fill(tf.shape(meta["log_step_offset"]), 100.0))
+  assert not any(_compare_guarded_steps(cfg, huge, SHAPES, steps=2))
+
+
+def test_fused_guarded_step_on_two_threads():
+  """From 2 x 65,536 rows (with two cores) the update pass splits its rows over threads; a
+  NaN in the second thread's half skips the step."""
+  if kernels.threads() < 2:
+    pytest.skip("one core: the threaded split does not run")
+  def poison(i, g):
+    if i == 1:   # row 139,999 of 140,357: the second half
+      g[0] = tf.tensor_scatter_nd_update(g[0], [[399, 349]], [np.nan])
+    return g
+  cfg = config_lib.annealed()
+  assert _compare_guarded_steps(cfg, _meta(cfg, "default"), [(400, 350), (350,), (7,)],
+                                steps=3, seed=1, poison=poison, sums_atol=1e-4) == [
+                                    True, False, True]
+
+
 def test_supports_names_what_it_lacks():
   assert "learned_decays=True" in kernels.supports(config_lib.paper())
   big = config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 40})

@@ -40,9 +40,11 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 ENV = "LEARNED_OPT_FUSED"
 TARGET = "learned_opt_row_pass_v2"   # + the shape, e.g. learned_opt_row_pass_v2_6x3_bf16
+UPDATE_TARGET = "learned_opt_update_pass_v1"   # + the shape, as TARGET
 SOURCE = Path(__file__).with_name("row_pass.cc")
 MAX_UNITS, MAX_TIMESCALES = 32, 8   # the row's arrays live on the stack
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17",
@@ -96,9 +98,10 @@ def shape_key(config) -> tuple[int, int, int]:
   return (config.param_units, config.num_timescales, int(config.state_dtype == "bfloat16"))
 
 
-def target(key) -> str:
+def target(key, name: str = TARGET) -> str:
+  """The XLA custom-call target of the row pass (or of `name`'s pass) for `key`."""
   k, s, bf16 = key
-  return f"{TARGET}_{k}x{s}_{'bf16' if bf16 else 'f32'}"
+  return f"{name}_{k}x{s}_{'bf16' if bf16 else 'f32'}"
 
 
 def _defines(key) -> tuple[str, ...]:
@@ -169,10 +172,11 @@ def load(key=(6, 3, 1)) -> ctypes.CDLL | None:
         build(path, compiler, key)
       lib = ctypes.CDLL(str(path))
       tf_lib = _tensorflow_library()
-      lib.learned_opt_register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
+      lib.learned_opt_register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p,
+                                           ctypes.c_char_p]
       lib.learned_opt_register(ctypes.cast(getattr(tf_lib, _GLOBAL), ctypes.c_void_p),
                                ctypes.cast(getattr(tf_lib, _REGISTER), ctypes.c_void_p),
-                               target(key).encode())
+                               target(key).encode(), target(key, UPDATE_TARGET).encode())
       _libraries[key] = lib
     except Exception as e:   # noqa: BLE001 - any failure means: run the TF-ops step instead
       _why_not[key] = f"{type(e).__name__}: {e}"
@@ -262,3 +266,40 @@ def row_pass(grad, state, config, bias, kernel, kernel_ch, small, sizes) -> Rows
               tf.cast(state.log_lr, tf.float32), tf.cast(state.nominal_rms, tf.float32),
               bias, kernel, kernel_ch, small, layout]
   return Rows(xla.custom_call_v2(target(key), operands, specs))
+
+
+class Update(NamedTuple):
+  """What `update_pass` returns: the guarded updates and per-row state, and the guard."""
+  updates: list           # one flat [size] float32 update per tensor, times `scale`
+  param_hidden: object
+  momentum: object
+  mean_square: object
+  nominal_rms: object
+  log_lr: object
+  finite: object          # bool scalar: False when the step was skipped
+
+
+def update_pass(grad, rows, log_lr, old, per_tensor, small, config, sizes) -> Update:
+  """Emits the update pass (row_pass.cc `update_run`). grad, log_lr [N]; rows: the row
+  pass's `Rows`; old: the state before the step (as stored); per_tensor [T, 2]; small [6]."""
+  import tensorflow as tf
+  from tensorflow.compiler.tf2xla.python import xla
+  key = shape_key(config)
+  if load(key) is None:
+    raise RuntimeError(f"the fused kernel is unavailable: {why_not(key)}")
+  k, s, _ = key
+  n, t = int(sum(sizes)), len(sizes)
+  store = tf.as_dtype(config.state_dtype)
+  layout = tf.constant([k, s, key[2], threads(), t, *sizes], tf.int64)
+  specs = [tf.TensorSpec([size], tf.float32) for size in sizes] + [
+      tf.TensorSpec([n, k], store), tf.TensorSpec([n, s], store), tf.TensorSpec([n, s], store),
+      tf.TensorSpec([n], tf.float32), tf.TensorSpec([n], tf.float32),
+      tf.TensorSpec([], tf.float32)]
+  f32 = lambda x: tf.cast(x, tf.float32)
+  operands = [f32(grad), f32(tf.reshape(rows.direction, [-1])), f32(rows.nominal), f32(rows.delta_log_lr),
+              f32(log_lr), f32(per_tensor), f32(small),
+              rows.param_hidden, rows.momentum, rows.mean_square, f32(rows.nominal_rms),
+              tf.cast(old.param_hidden, store), tf.cast(old.momentum, store),
+              tf.cast(old.mean_square, store), f32(old.nominal_rms), layout]
+  out = xla.custom_call_v2(target(key, UPDATE_TARGET), operands, specs)
+  return Update(list(out[:t]), *out[t:t + 5], finite=out[t + 5] > 0.5)

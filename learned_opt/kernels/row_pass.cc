@@ -481,6 +481,91 @@ void run(void* out, const void** in, const Config& cfg) {
     }
 }
 
+// ---- the update pass ------------------------------------------------------------------------
+//
+// hrnn._fused_tail: after XLA has run the Tensor and Global GRUs on the row pass's sums, one
+// more loop over the rows makes the new log step length and the update (the RNN term at its
+// per-tensor scale plus the nominal term), and applies the Keras optimizer's guard: if any
+// gradient or update is not finite, every output keeps the old state and the updates are 0.
+
+// exp(x) as float32's own: +inf above its largest finite result, 0 far below, NaN for NaN
+// (exp_f clamps instead, which is right for the GRU's gates but would hide an overflow here).
+LO_INLINE float exp_full(float x) {
+  const float r = exp_f(x);
+  return pick(x > 88.7228394f, INFINITY, pick(x < -103.972084f, 0.0f, r));
+}
+
+LO_INLINE float clamp_f(float x, float limit) {
+  return pick(x > limit, limit, pick(x < -limit, -limit, x));
+}
+
+// Operands 0-14 (kernels.update_pass): grad, direction, nominal, delta_log_lr, log_lr [N];
+// per_tensor [T, 2] (the RNN term's factor, the nominal term's magnitude); small[6]
+// (lr_momentum, anchor, max_log_lr, log_step_offset, scale, anchored); the row pass's new
+// param_hidden, momentum, mean_square, nominal_rms; the old ones. Operand 15: the config.
+// Outputs: T updates (one per tensor, times scale), param_hidden, momentum, mean_square,
+// nominal_rms, log_lr, finite (float32 scalar, 1 or 0).
+template <typename Store, int K, int S>
+void update_run(void* out, const void** in, const Config& cfg) {
+  void** outs = reinterpret_cast<void**>(out);
+  const float* grad = static_cast<const float*>(in[0]);
+  const float* direction = static_cast<const float*>(in[1]);
+  const float* nominal = static_cast<const float*>(in[2]);
+  const float* delta = static_cast<const float*>(in[3]);
+  const float* log_lr = static_cast<const float*>(in[4]);
+  const float* per_tensor = static_cast<const float*>(in[5]);
+  const float* small = static_cast<const float*>(in[6]);
+  const float momentum = small[0], anchor = small[1], limit = small[2], offset = small[3],
+              scale = small[4];
+  const bool anchored = small[5] != 0.0f;
+  const int tensors = static_cast<int>(cfg.offsets.size()) - 1;
+  float* log_lr_out = static_cast<float*>(outs[tensors + 4]);
+  // Same split as the row pass, from 64k rows: this loop costs a tenth of that one per row.
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(
+      cfg.threads, cfg.total / 65536)));
+  std::vector<float> bad(static_cast<size_t>(threads), 0.0f);
+  auto work = [&](int w) {
+    const int64_t lo = cfg.total * w / threads, hi = cfg.total * (w + 1) / threads;
+    float nonfinite = 0.0f;   // x - x is 0 for finite x and NaN otherwise
+    for (int t = 0; t < tensors; ++t) {
+      const int64_t b = std::max(lo, cfg.offsets[t]), e = std::min(hi, cfg.offsets[t + 1]);
+      const float factor = per_tensor[2 * t], magnitude = per_tensor[2 * t + 1];
+      float* update = static_cast<float*>(outs[t]) - cfg.offsets[t];
+#pragma omp simd reduction(+ : nonfinite)
+      for (int64_t i = b; i < e; ++i) {
+        const float d = delta[i];
+        const float step = clamp_f(log_lr[i] + d, limit);
+        const float target = pick(anchored, clamp_f(anchor + d, limit), step);
+        log_lr_out[i] = momentum * log_lr[i] + (1.0f - momentum) * target;
+        const float u = exp_full(step + offset) * (direction[i] * factor) +
+                        magnitude * nominal[i];
+        update[i] = u * scale;
+        nonfinite += (u - u) + (grad[i] - grad[i]);
+      }
+    }
+    bad[static_cast<size_t>(w)] = nonfinite;
+  };
+  if (threads == 1) {
+    work(0);
+  } else {
+    Pool::get().run(threads, work);
+  }
+  bool finite = true;
+  for (float b : bad) finite = finite && b == 0.0f;
+  // The new state, or (skipped step) the old one; the old log step length, and no update.
+  const int64_t n = cfg.total;
+  const size_t sizes[4] = {sizeof(Store) * K, sizeof(Store) * S, sizeof(Store) * S,
+                           sizeof(float)};
+  for (int f = 0; f < 4; ++f)
+    std::memcpy(outs[tensors + f], in[(finite ? 7 : 11) + f], sizes[f] * n);
+  if (!finite) {
+    std::memcpy(log_lr_out, log_lr, sizeof(float) * n);
+    for (int t = 0; t < tensors; ++t)
+      std::memset(outs[t], 0, sizeof(float) * (cfg.offsets[t + 1] - cfg.offsets[t]));
+  }
+  *static_cast<float*>(outs[tensors + 5]) = finite ? 1.0f : 0.0f;
+}
+
 // One library per Parameter-GRU shape and storage type, chosen when it is compiled
 // (kernels/__init__.py passes -DLO_UNITS, -DLO_TIMESCALES, -DLO_BF16): compiling every shape
 // into one library took ~12 s, one takes ~3.
@@ -507,13 +592,24 @@ void learned_opt_row_pass(void* out, const void** in) {
   run<LoStore, LO_UNITS, LO_TIMESCALES>(out, in, cfg);
 }
 
-// Registers the kernel under `name` for XLA's "Host" platform, given the addresses of
-// xla::CustomCallTargetRegistry::Global and ::Register in TensorFlow's library.
-void learned_opt_register(void* global_fn, void* register_fn, const char* name) {
+void learned_opt_update_pass(void* out, const void** in) {
+  const Config cfg = parse(static_cast<const int64_t*>(in[15]));
+  if (cfg.units != LO_UNITS || cfg.timescales != LO_TIMESCALES || cfg.bf16 != LO_BF16)
+    std::abort();
+  update_run<LoStore, LO_UNITS, LO_TIMESCALES>(out, in, cfg);
+}
+
+// Registers the two passes under `row_name` and `update_name` for XLA's "Host" platform,
+// given the addresses of xla::CustomCallTargetRegistry::Global and ::Register in
+// TensorFlow's library.
+void learned_opt_register(void* global_fn, void* register_fn, const char* row_name,
+                          const char* update_name) {
   void* registry = reinterpret_cast<GlobalFn>(global_fn)();
-  reinterpret_cast<RegisterFn>(register_fn)(registry, std::string(name),
-                                            reinterpret_cast<void*>(&learned_opt_row_pass),
-                                            std::string("Host"));
+  const auto add = reinterpret_cast<RegisterFn>(register_fn);
+  add(registry, std::string(row_name), reinterpret_cast<void*>(&learned_opt_row_pass),
+      std::string("Host"));
+  add(registry, std::string(update_name), reinterpret_cast<void*>(&learned_opt_update_pass),
+      std::string("Host"));
 }
 
 }  // extern "C"
