@@ -728,7 +728,7 @@ def _fused_rows(meta: MetaParamsDict, config: HRNNConfig, state: State, g: tf.Te
 
 
 class _Head(NamedTuple):
-  """What both tails of a step start from (`step_flat`, `_fused_tail`)."""
+  """What both tails of a step start from (`step_flat`, `_fused_guarded_step`)."""
   meta: MetaParamsDict      # float32
   state: State              # the old state, stored leaves in float32
   rows: Rows

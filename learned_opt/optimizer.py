@@ -10,11 +10,12 @@ joint hrnn.step over all variables (the Global GRU couples them) inside
 `strategy.extended.update`, so under MirroredStrategy each replica updates its own copies
 with identical inputs.
 
-The step itself (hrnn.step, the finiteness check and the select between old and new state) is
-compiled with XLA as one function even when the model is not (`jit_step`, default on): the
-step is a long chain of elementwise ops over [N, k] rows, which plain TF runs as one kernel and
-one full-size intermediate per op, and which XLA fuses. Inside a model compiled with
-`jit_compile=True` the function is inlined into the model's cluster.
+The step itself (hrnn.guarded_step: hrnn.step, the finiteness check and the select between old
+and new state) is compiled with XLA as one function even when the model is not (`jit_step`,
+default on): the step is a long chain of elementwise ops over [N, k] rows, which plain TF runs
+as one kernel and one full-size intermediate per op, and which XLA fuses. Inside a model
+compiled with `jit_compile=True` the function is inlined into the model's cluster. On CPU its
+per-row parts run as the compiled loops of `learned_opt.kernels` (`fused_step`).
 
 `_backend_update_step` is a private Keras hook; tests/test_optimizer.py fails if Keras moves it.
 """
@@ -66,8 +67,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     seed: seed of the untrained initialisation (weights=None only).
     jit_step: compile the optimizer step with XLA even when the model is not (default True;
       False runs it as plain TF ops, e.g. where XLA is unavailable).
-    fused_step: on CPU, run the per-parameter part of the XLA-compiled step as one compiled
-      C++ loop (`learned_opt.kernels`, built with the system's g++ on first use): the same
+    fused_step: on CPU, run the per-parameter part of the XLA-compiled step as two compiled
+      C++ loops (`learned_opt.kernels`, built with the system's g++ on first use): the same
       values to float32 round-off, 3-4x faster on large models. Default True; it needs
       `jit_step`, a CPU and a config the kernel implements (every preset but `paper`), and
       falls back to the TF-ops step, with a warning if the kernel cannot be built or loaded.

@@ -1,10 +1,13 @@
-"""The fused row pass: hrnn's per-parameter work as one compiled C++ loop (issue 15).
+"""The fused step: hrnn's per-parameter work as two compiled C++ loops (issue 15).
 
 `hrnn.step(..., fused=True)` hands the per-row part of the step (EMAs, features,
 Parameter GRU, readouts, and the per-tensor sums that feed the Tensor GRU) to `row_pass.cc`
-as an XLA CPU custom call, instead of the ~70 fused XLA operations it otherwise compiles to.
-On the 1M-parameter MLP that is the difference between ~20 [N, k] intermediates written and
-read back each step and one pass over the state.
+as an XLA CPU custom call (`row_pass`), instead of the ~70 fused XLA operations it otherwise
+compiles to. On the 1M-parameter MLP that is the difference between ~20 [N, k] intermediates
+written and read back each step and one pass over the state. `hrnn.guarded_step(...,
+fused=True)`, the Keras optimizer's step, also hands over what follows the Tensor and Global
+GRUs (`update_pass`): the new log step lengths, the updates, and the guard that skips a step
+with a non-finite gradient or update, which XLA otherwise spread over ~15 loops over the rows.
 
 One implementation of the math: `hrnn._rows` is the reference, written in TF ops; the meta-
 trainer differentiates it and never calls the kernel, and the tests check that the kernel
