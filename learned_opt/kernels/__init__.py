@@ -299,8 +299,8 @@ def update_pass(grad, rows, log_lr, old, per_tensor, small, config, sizes) -> Up
       tf.TensorSpec([n], tf.float32), tf.TensorSpec([n], tf.float32),
       tf.TensorSpec([], tf.float32)]
   f32 = lambda x: tf.cast(x, tf.float32)
-  operands = [f32(grad), f32(tf.reshape(rows.direction, [-1])), f32(rows.nominal), f32(rows.delta_log_lr),
-              f32(log_lr), f32(per_tensor), f32(small),
+  operands = [f32(grad), f32(tf.reshape(rows.direction, [-1])), f32(rows.nominal),
+              f32(rows.delta_log_lr), f32(log_lr), f32(per_tensor), f32(small),
               rows.param_hidden, rows.momentum, rows.mean_square, f32(rows.nominal_rms),
               tf.cast(old.param_hidden, store), tf.cast(old.momentum, store),
               tf.cast(old.mean_square, store), f32(old.nominal_rms), layout]
