@@ -248,19 +248,26 @@ class Rows:
      self.nominal, self.delta_log_lr, self.sums) = outputs
 
 
+def _call(config, sizes):
+  """What both passes' custom calls need: (shape key, rows N, tensors T, storage dtype, the
+  int64 config operand of row_pass.cc `parse`); raises if the library is unavailable."""
+  import tensorflow as tf
+  key = shape_key(config)
+  if load(key) is None:
+    raise RuntimeError(f"the fused kernel is unavailable: {why_not(key)}")
+  n, t = int(sum(sizes)), len(sizes)
+  layout = tf.constant([*key, threads(), t, *sizes], tf.int64)
+  return key, n, t, tf.as_dtype(config.state_dtype), layout
+
+
 def row_pass(grad, state, config, bias, kernel, kernel_ch, small, sizes) -> Rows:
   """Emits the custom call. grad [N] f32; state leaves as stored; bias [T, 3K] (GRU bias plus
   the injected per-tensor bias); kernel [F + K, 3K]; kernel_ch [K, K]; small: the packed
   per-call scalars (row_pass.cc `Small`); sizes: rows per tensor, in order."""
   import tensorflow as tf
   from tensorflow.compiler.tf2xla.python import xla
-  key = shape_key(config)
-  if load(key) is None:
-    raise RuntimeError(f"the fused kernel is unavailable: {why_not(key)}")
-  k, s, bf16 = key
-  n, t = int(sum(sizes)), len(sizes)
-  store = tf.as_dtype(config.state_dtype)
-  layout = tf.constant([k, s, bf16, threads(), t, *sizes], tf.int64)   # row_pass.cc `parse`
+  key, n, t, store, layout = _call(config, sizes)
+  k, s, _ = key
   specs = [tf.TensorSpec([n, k], store), tf.TensorSpec([n, s], store),
            tf.TensorSpec([n, s], store)] + [tf.TensorSpec([n], tf.float32)] * 4 + [
                tf.TensorSpec([t, k + 3 * s + 2], tf.float32)]
@@ -287,13 +294,8 @@ def update_pass(grad, rows, log_lr, old, per_tensor, small, config, sizes) -> Up
   pass's `Rows`; old: the state before the step (as stored); per_tensor [T, 2]; small [6]."""
   import tensorflow as tf
   from tensorflow.compiler.tf2xla.python import xla
-  key = shape_key(config)
-  if load(key) is None:
-    raise RuntimeError(f"the fused kernel is unavailable: {why_not(key)}")
+  key, n, t, store, layout = _call(config, sizes)
   k, s, _ = key
-  n, t = int(sum(sizes)), len(sizes)
-  store = tf.as_dtype(config.state_dtype)
-  layout = tf.constant([k, s, key[2], threads(), t, *sizes], tf.int64)
   specs = [tf.TensorSpec([size], tf.float32) for size in sizes] + [
       tf.TensorSpec([n, k], store), tf.TensorSpec([n, s], store), tf.TensorSpec([n, s], store),
       tf.TensorSpec([n], tf.float32), tf.TensorSpec([n], tf.float32),
