@@ -514,13 +514,9 @@ def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
   """
   if layout is None:
     layout = Layout([g.shape for g in grads])
-  if len(grads) != layout.num_tensors:
-    raise ValueError(f"got {len(grads)} gradients for a layout of {layout.num_tensors} tensors")
+  _check_grads(grads, layout)
   present = [g is not None for g in grads]
   grads = [tf.zeros(s, tf.float32) if g is None else g for g, s in zip(grads, layout.shapes)]
-  for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
-    if tuple(g.shape) != shape:
-      raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, expected {shape}")
   update, new_state = step_flat(meta, state, layout.flatten(grads), config,
                                 Segments.from_layout(layout),
                                 fused_sizes=layout.sizes if fused else None)
@@ -529,6 +525,15 @@ def step(meta: MetaParamsDict, state: State, grads: Sequence[tf.Tensor | None],
     new_state = _keep_absent(state, new_state, present, layout)
     updates = [u if p else tf.zeros_like(u) for u, p in zip(updates, present)]
   return StepOutput(updates, new_state)
+
+
+def _check_grads(grads: Sequence[tf.Tensor | None], layout: Layout) -> None:
+  """Raises unless there is one gradient (or None) per tensor of `layout`, of its shape."""
+  if len(grads) != layout.num_tensors:
+    raise ValueError(f"got {len(grads)} gradients for a layout of {layout.num_tensors} tensors")
+  for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
+    if g is not None and tuple(g.shape) != shape:
+      raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, expected {shape}")
 
 
 class GuardedStep(NamedTuple):
@@ -574,9 +579,7 @@ def _fused_guarded_step(meta: MetaParamsDict, state: State, grads: Sequence[tf.T
   update pass (`kernels.update_pass`) for the per-row tail of `step_flat` and the guard.
   The per-tensor and scalar factors of that tail are computed here as in `step_flat`."""
   from learned_opt import kernels
-  for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
-    if tuple(g.shape) != shape:
-      raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, expected {shape}")
+  _check_grads(grads, layout)
   grad = layout.flatten(grads)
   seg = Segments.from_layout(layout)
   head = _head(meta, state, grad, config, seg, layout.sizes)

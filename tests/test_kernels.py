@@ -59,25 +59,31 @@ def _compare_steps(cfg, meta, shapes, steps, seed=0, sums_atol=1e-6):
     g = _grads(shapes, rng, i)
     fused_updates, fused_state = fused(meta, state, g)
     updates, new_state = ref(meta, state, g)
-    for j, (a, b) in enumerate(zip(fused_updates, updates)):
-      scale = float(tf.reduce_max(tf.abs(b)))
-      np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=2e-4 * scale,
-                                 err_msg=f"step {i}, update of tensor {j}")
-    for field in hrnn.State._fields:
-      a, b = getattr(fused_state, field), getattr(new_state, field)
-      assert a.dtype == b.dtype and a.shape == b.shape, field
-      a = tf.cast(a, tf.float64).numpy()
-      b = tf.cast(b, tf.float64).numpy()
-      if field in hrnn.STORED_FIELDS and bf16:
-        # A value within float32 round-off of a bfloat16 rounding boundary may round to the
-        # neighbouring bfloat16: one bfloat16 ulp (2^-7 relative) at most, and rarely.
-        close = np.abs(a - b) <= 2.0 ** -7 * np.abs(b) + 1e-30
-        assert close.all(), (i, field, np.abs(a - b).max())
-        assert np.mean(a != b) < 0.01, (i, field, np.mean(a != b))
-      else:
-        atol = sums_atol if field in ("tensor_hidden", "global_hidden") else 1e-6
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=f"step {i}, {field}")
+    _assert_same_step(i, fused_updates, fused_state, updates, new_state, bf16, sums_atol)
     state = new_state
+
+
+def _assert_same_step(i, updates, state, want_updates, want_state, bf16, sums_atol):
+  """Step i's fused updates and new state agree with the reference's (see `_compare_steps`)."""
+  for j, (a, b) in enumerate(zip(updates, want_updates)):
+    assert a.shape == b.shape, (i, j)
+    scale = float(tf.reduce_max(tf.abs(b)))
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=2e-4 * scale,
+                               err_msg=f"step {i}, update of tensor {j}")
+  for field in hrnn.State._fields:
+    a, b = getattr(state, field), getattr(want_state, field)
+    assert a.dtype == b.dtype and a.shape == b.shape, field
+    a = tf.cast(a, tf.float64).numpy()
+    b = tf.cast(b, tf.float64).numpy()
+    if field in hrnn.STORED_FIELDS and bf16:
+      # A value within float32 round-off of a bfloat16 rounding boundary may round to the
+      # neighbouring bfloat16: one bfloat16 ulp (2^-7 relative) at most, and rarely.
+      close = np.abs(a - b) <= 2.0 ** -7 * np.abs(b) + 1e-30
+      assert close.all(), (i, field, np.abs(a - b).max())
+      assert np.mean(a != b) < 0.01, (i, field, np.mean(a != b))
+    else:
+      atol = sums_atol if field in ("tensor_hidden", "global_hidden") else 1e-6
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=f"step {i}, {field}")
 
 
 SHAPES = [(17, 5), (5,), (1,), (3, 3, 2), (40,)]   # rows not multiples of the 16 lanes
@@ -120,21 +126,8 @@ def _compare_guarded_steps(cfg, meta, shapes, steps, poison=None, seed=0, scale=
     got, want = fused(meta, state, g), ref(meta, state, g)
     assert bool(got.finite) == bool(want.finite), f"step {i}"
     finites.append(bool(want.finite))
-    for j, (a, b) in enumerate(zip(got.updates, want.updates)):
-      assert a.shape == b.shape, (i, j)
-      top = float(tf.reduce_max(tf.abs(b)))
-      np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=2e-4 * top,
-                                 err_msg=f"step {i}, update of tensor {j}")
-    for field in hrnn.State._fields:
-      a, b = getattr(got.state, field), getattr(want.state, field)
-      assert a.dtype == b.dtype and a.shape == b.shape, field
-      a, b = tf.cast(a, tf.float64).numpy(), tf.cast(b, tf.float64).numpy()
-      if field in hrnn.STORED_FIELDS and cfg.state_dtype == "bfloat16":
-        assert (np.abs(a - b) <= 2.0 ** -7 * np.abs(b) + 1e-30).all(), (i, field)
-        assert np.mean(a != b) < 0.01, (i, field)
-      else:
-        atol = sums_atol if field in ("tensor_hidden", "global_hidden") else 1e-6
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=f"step {i}, {field}")
+    _assert_same_step(i, got.updates, got.state, want.updates, want.state,
+                      cfg.state_dtype == "bfloat16", sums_atol)
     state = want.state
   return finites
 
@@ -179,19 +172,23 @@ def test_fused_guarded_step_on_two_threads():
                                     True, False, True]
 
 
+def _odd_shape():
+  """`lean` with a Parameter-GRU shape and storage no preset uses: 7 units, 2 timescales, f32."""
+  return config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 7,
+                                  "num_timescales": 2, "state_dtype": "float32"})
+
+
 def test_supports_names_what_it_lacks():
   assert "learned_decays=True" in kernels.supports(config_lib.paper())
   big = config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 40})
   assert "param_units <= 32" in kernels.supports(big)
-  odd = config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 7,
-                                 "num_timescales": 2, "state_dtype": "float32"})
+  odd = _odd_shape()
   assert kernels.supports(odd) is None and kernels.shape_key(odd) == (7, 2, 0)
 
 
 def test_any_shape_is_compiled_on_demand():
   """A Parameter-GRU shape no preset uses gets its own library, and matches the reference."""
-  cfg = config_lib.HRNNConfig(**{**config_lib.lean().to_dict(), "param_units": 7,
-                                 "num_timescales": 2, "state_dtype": "float32"})
+  cfg = _odd_shape()
   assert kernels.available(cfg) is None
   _compare_steps(cfg, _meta(cfg, None), SHAPES, steps=3)
 

@@ -432,6 +432,35 @@ class Pool {
   pid_t pid_ = getpid();
 };
 
+// How a pass splits the rows over threads: equal contiguous chunks, one per thread, each of at
+// least `min_rows` rows, at most cfg.threads of them.
+struct Split {
+  const Config& cfg;
+  int threads;
+  Split(const Config& c, int64_t min_rows)
+      : cfg(c), threads(static_cast<int>(std::max<int64_t>(
+                    1, std::min<int64_t>(c.threads, c.total / min_rows)))) {}
+  int64_t begin(int w) const { return cfg.total * w / threads; }
+  // Calls f(t, b, e) for every tensor t with rows [b, e) in chunk w.
+  template <typename F>
+  void tensors(int w, F&& f) const {
+    const int64_t lo = begin(w), hi = begin(w + 1);
+    for (int t = 0; t + 1 < static_cast<int>(cfg.offsets.size()); ++t) {
+      const int64_t b = std::max(lo, cfg.offsets[t]), e = std::min(hi, cfg.offsets[t + 1]);
+      if (b < e) f(t, b, e);
+    }
+  }
+  // Runs work(w) for every chunk w: here alone, or here and on the pool's workers.
+  template <typename F>
+  void run(F& work) const {
+    if (threads == 1) {
+      work(0);
+    } else {
+      Pool::get().run(threads, work);
+    }
+  }
+};
+
 template <typename Store, int K, int S>
 void run(void* out, const void** in, const Config& cfg) {
   using A = Args<Store, K, S>;
@@ -457,22 +486,16 @@ void run(void* out, const void** in, const Config& cfg) {
   float* sums = static_cast<float*>(outs[7]);
   constexpr int R = A::R;
   const int tensors = static_cast<int>(cfg.offsets.size()) - 1;
-  // Split the rows into equal contiguous chunks, one per thread; each keeps its own sums.
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(
-      cfg.threads, cfg.total / 8192)));
+  // One chunk of rows per thread, from 8,192 rows each; each chunk keeps its own sums.
+  const Split split(cfg, 8192);
+  const int threads = split.threads;
   std::vector<double> acc(static_cast<size_t>(threads) * tensors * R, 0.0);
   auto work = [&](int w) {
-    const int64_t lo = cfg.total * w / threads, hi = cfg.total * (w + 1) / threads;
-    for (int t = 0; t < tensors; ++t) {
-      const int64_t b = std::max(lo, cfg.offsets[t]), e = std::min(hi, cfg.offsets[t + 1]);
-      if (b < e) rows<Store, K, S>(a, small, t, b, e, &acc[(static_cast<size_t>(w) * tensors + t) * R]);
-    }
+    split.tensors(w, [&](int t, int64_t b, int64_t e) {
+      rows<Store, K, S>(a, small, t, b, e, &acc[(static_cast<size_t>(w) * tensors + t) * R]);
+    });
   };
-  if (threads == 1) {
-    work(0);
-  } else {
-    Pool::get().run(threads, work);
-  }
+  split.run(work);
   for (int t = 0; t < tensors; ++t)
     for (int r = 0; r < R; ++r) {
       double s = 0.0;
@@ -561,25 +584,17 @@ void update_run(void* out, const void** in, const Config& cfg) {
   a.log_lr_out = static_cast<float*>(outs[tensors + 4]);
   a.momentum = small[0]; a.anchor = small[1]; a.limit = small[2]; a.offset = small[3];
   a.scale = small[4]; a.anchored = small[5] != 0.0f;
-  // Split as the row pass's rows, from 64k rows: a row here costs a tenth of one there.
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(
-      cfg.threads, cfg.total / 65536)));
-  std::vector<float> bad(static_cast<size_t>(threads), 0.0f);
+  // Split as the row pass, from 65,536 rows per thread: a row here costs a tenth of one there.
+  const Split split(cfg, 65536);
+  std::vector<float> bad(static_cast<size_t>(split.threads), 0.0f);
   auto work = [&](int w) {
-    const int64_t lo = cfg.total * w / threads, hi = cfg.total * (w + 1) / threads;
     float nonfinite = 0.0f;
-    for (int t = 0; t < tensors; ++t) {
-      const int64_t b = std::max(lo, cfg.offsets[t]), e = std::min(hi, cfg.offsets[t + 1]);
-      if (b < e)
-        nonfinite += update_rows(a, t, cfg.offsets[t], b, e, static_cast<float*>(outs[t]));
-    }
+    split.tensors(w, [&](int t, int64_t b, int64_t e) {
+      nonfinite += update_rows(a, t, cfg.offsets[t], b, e, static_cast<float*>(outs[t]));
+    });
     bad[static_cast<size_t>(w)] = nonfinite;
   };
-  if (threads == 1) {
-    work(0);
-  } else {
-    Pool::get().run(threads, work);
-  }
+  split.run(work);
   bool finite = true;
   for (float b : bad) finite = finite && b == 0.0f;
   // The new state, or (skipped step) the old one, the old log step lengths and no updates;
@@ -587,18 +602,14 @@ void update_run(void* out, const void** in, const Config& cfg) {
   const size_t row_bytes[5] = {sizeof(Store) * K, sizeof(Store) * S, sizeof(Store) * S,
                                sizeof(float), sizeof(float)};
   auto copy = [&](int w) {
-    const int64_t lo = cfg.total * w / threads, hi = cfg.total * (w + 1) / threads;
+    const int64_t lo = split.begin(w), hi = split.begin(w + 1);
     for (int f = 0; f < (finite ? 4 : 5); ++f) {
       const void* from = f < 4 ? in[(finite ? 7 : 11) + f] : in[4];
       std::memcpy(static_cast<char*>(outs[tensors + f]) + row_bytes[f] * lo,
                   static_cast<const char*>(from) + row_bytes[f] * lo, row_bytes[f] * (hi - lo));
     }
   };
-  if (threads == 1) {
-    copy(0);
-  } else {
-    Pool::get().run(threads, copy);
-  }
+  split.run(copy);
   if (!finite) {
     for (int t = 0; t < tensors; ++t)
       std::memset(outs[t], 0, sizeof(float) * (cfg.offsets[t + 1] - cfg.offsets[t]));
